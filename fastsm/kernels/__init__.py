@@ -1,0 +1,27 @@
+"""Kernel modules, one per backend.  The contract each module fulfils:
+
+The front (``fastsm._api``) has already validated everything: ``x`` is a 2-D C-contiguous
+float32 or float64 array of shape ``(n, K)`` with ``n >= 1`` and ``K >= 1``; every output is
+C-contiguous, of the right shape and dtype, and may alias ``x`` exactly (never partially).
+Kernels never allocate outputs and never check indices a second time.
+
+    softmax(x, out, nthreads)              out[r, c] = exp(x[r, c] - lse_r)
+    log_softmax(x, out, nthreads)          out[r, c] = x[r, c] - lse_r
+    logsumexp(x, out, nthreads)            out[r]    = lse_r              (out: shape (n,))
+    ce_index(x, target, weight, ignore_index, smoothing, scale, loss, grad, nthreads)
+    ce_soft(x, target, weight, smoothing, scale, loss, grad, nthreads)
+
+with ``lse_r = m_r + log(sum_c exp(x[r, c] - m_r))``, ``m_r = max_c x[r, c]``.  Rows holding
+NaN or +inf, and rows that are all -inf, give NaN in softmax/log_softmax; logsumexp gives
+NaN, +inf and -inf for them respectively.
+
+Cross-entropy, per row r (``target``: int64 (n,) for ce_index, already in [0, K) or equal
+to ignore_index; x.dtype (n, K) probabilities for ce_soft; ``weight``: float64 (K,);
+``loss``: float64 (n,); ``grad``: None or x.dtype (n, K)):
+
+    q_c  = (1 - eps) * w_y * [c == y] + eps / K * w_c        (ce_index, y = target[r])
+    q_c  = w_c * ((1 - eps) * t_c + eps / K)                   (ce_soft)
+    loss[r]    = sum_c q_c * (lse_r - x[r, c])   (a term with q_c == 0 is 0, even at x = -inf)
+    grad[r, c] = scale * (softmax(x)[r, c] * Q_r - q_c),   Q_r = sum_c q_c
+    ignored rows (ce_index, y == ignore_index): loss 0 and a zero gradient row.
+"""

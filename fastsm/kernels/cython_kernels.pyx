@@ -1,0 +1,195 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, embedsignature=True
+"""cython backend: typed memoryviews in, GIL released, rows split over OpenMP threads.
+
+Design
+- The front has validated everything (see fastsm/kernels/__init__.py); these entry points
+  take ``const`` typed memoryviews (read-only input works), release the GIL and hand
+  contiguous row ranges to the C row kernels in rowops.c, where the vectorised loops live.
+- Threads: ``prange(..., schedule='static')`` over one row range per thread, so each
+  thread streams its own contiguous slab; problems under ``_MIN_PARALLEL`` elements run on
+  the calling thread (an OpenMP fork/join costs more than a 64x128 softmax).
+- Per-thread scratch lives on each thread's stack inside the C kernels (short-row blocks
+  of 2048 elements), so nothing here allocates.
+- One def entry per kernel with a fused (float/double) memoryview signature.
+"""
+
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+
+cdef extern from "rowops.h" nogil:
+    void fsm_softmax_f32(const float *x, float *out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+    void fsm_softmax_f64(const double *x, double *out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+    void fsm_log_softmax_f32(const float *x, float *out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+    void fsm_log_softmax_f64(const double *x, double *out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+    void fsm_logsumexp_f32(const float *x, float *out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+    void fsm_logsumexp_f64(const double *x, double *out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+    void fsm_ce_index_f32(const float *x, const int64_t *target, const double *weight,
+                          int64_t ignore_index, double eps, double scale, double *loss,
+                          float *grad, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+    void fsm_ce_index_f64(const double *x, const int64_t *target, const double *weight,
+                          int64_t ignore_index, double eps, double scale, double *loss,
+                          double *grad, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+    void fsm_ce_soft_f32(const float *x, const float *target, const double *weight, double eps,
+                         double scale, double *loss, float *grad, Py_ssize_t r0, Py_ssize_t r1,
+                         Py_ssize_t K)
+    void fsm_ce_soft_f64(const double *x, const double *target, const double *weight, double eps,
+                         double scale, double *loss, double *grad, Py_ssize_t r0, Py_ssize_t r1,
+                         Py_ssize_t K)
+    const char *fsm_isa()
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FSM_OPENMP 1
+    #else
+    #define FSM_OPENMP 0
+    static int omp_get_max_threads(void) { return 1; }
+    #endif
+    """
+    int FSM_OPENMP
+    int omp_get_max_threads() nogil
+
+ctypedef fused real:
+    float
+    double
+
+NAME = "cython"
+# Measured on the 2-core machine: below ~32k elements one thread beats two (fork/join
+# and cache-line traffic dominate); see the closing note of the cython issue.
+cdef Py_ssize_t _MIN_PARALLEL = 1 << 15
+
+
+cdef inline int _threads_for(Py_ssize_t n, Py_ssize_t k, int nthreads) noexcept nogil:
+    if nthreads < 2 or n < 2 or n * k < _MIN_PARALLEL:
+        return 1
+    return <int>n if n < nthreads else nthreads
+
+
+cdef inline void _rows3(int which, const real *x, real *out, Py_ssize_t r0, Py_ssize_t r1,
+                        Py_ssize_t k) noexcept nogil:
+    # which: 0 softmax, 1 log_softmax, 2 logsumexp (out is (n,) for that one)
+    if real is float:
+        if which == 0:
+            fsm_softmax_f32(x, out, r0, r1, k)
+        elif which == 1:
+            fsm_log_softmax_f32(x, out, r0, r1, k)
+        else:
+            fsm_logsumexp_f32(x, out, r0, r1, k)
+    else:
+        if which == 0:
+            fsm_softmax_f64(x, out, r0, r1, k)
+        elif which == 1:
+            fsm_log_softmax_f64(x, out, r0, r1, k)
+        else:
+            fsm_logsumexp_f64(x, out, r0, r1, k)
+
+
+cdef void _run3(int which, const real *x, real *out, Py_ssize_t n, Py_ssize_t k,
+                int nthreads) noexcept nogil:
+    cdef int nt = _threads_for(n, k, nthreads)
+    cdef Py_ssize_t t, per, r0, r1
+    if nt == 1:
+        _rows3(which, x, out, 0, n, k)
+        return
+    per = (n + nt - 1) // nt
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        r0 = t * per
+        r1 = r0 + per
+        if r1 > n:
+            r1 = n
+        if r0 < r1:
+            _rows3(which, x, out, r0, r1, k)
+
+
+def softmax(const real[:, ::1] x, real[:, ::1] out, int nthreads=1):
+    """out[r, c] = exp(x[r, c] - m_r) / sum_j exp(x[r, j] - m_r)."""
+    with nogil:
+        _run3(0, &x[0, 0], &out[0, 0], x.shape[0], x.shape[1], nthreads)
+
+
+def log_softmax(const real[:, ::1] x, real[:, ::1] out, int nthreads=1):
+    """out[r, c] = (x[r, c] - m_r) - log(sum_j exp(x[r, j] - m_r))."""
+    with nogil:
+        _run3(1, &x[0, 0], &out[0, 0], x.shape[0], x.shape[1], nthreads)
+
+
+def logsumexp(const real[:, ::1] x, real[::1] out, int nthreads=1):
+    """out[r] = m_r + log(sum_j exp(x[r, j] - m_r))."""
+    with nogil:
+        _run3(2, &x[0, 0], &out[0], x.shape[0], x.shape[1], nthreads)
+
+
+cdef inline void _ce_index_rows(const real *x, const int64_t *t, const double *w, int64_t ign,
+                                double eps, double scale, double *loss, real *grad,
+                                Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t k) noexcept nogil:
+    if real is float:
+        fsm_ce_index_f32(x, t, w, ign, eps, scale, loss, grad, r0, r1, k)
+    else:
+        fsm_ce_index_f64(x, t, w, ign, eps, scale, loss, grad, r0, r1, k)
+
+
+cdef inline void _ce_soft_rows(const real *x, const real *t, const double *w, double eps,
+                               double scale, double *loss, real *grad, Py_ssize_t r0,
+                               Py_ssize_t r1, Py_ssize_t k) noexcept nogil:
+    if real is float:
+        fsm_ce_soft_f32(x, t, w, eps, scale, loss, grad, r0, r1, k)
+    else:
+        fsm_ce_soft_f64(x, t, w, eps, scale, loss, grad, r0, r1, k)
+
+
+def ce_index(const real[:, ::1] x, const int64_t[::1] target, const double[::1] weight,
+             int64_t ignore_index, double smoothing, double scale, double[::1] loss,
+             real[:, ::1] grad, int nthreads=1):
+    """Per-row cross-entropy against class indices; see fastsm/kernels/__init__.py."""
+    cdef Py_ssize_t n = x.shape[0], k = x.shape[1], t, per, r0, r1
+    cdef real *g = NULL if grad is None else &grad[0, 0]
+    cdef int nt = _threads_for(n, k, nthreads)
+    with nogil:
+        if nt == 1:
+            _ce_index_rows(&x[0, 0], &target[0], &weight[0], ignore_index, smoothing, scale,
+                           &loss[0], g, 0, n, k)
+        else:
+            per = (n + nt - 1) // nt
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                r0 = t * per
+                r1 = r0 + per
+                if r1 > n:
+                    r1 = n
+                if r0 < r1:
+                    _ce_index_rows(&x[0, 0], &target[0], &weight[0], ignore_index, smoothing,
+                                   scale, &loss[0], g, r0, r1, k)
+
+
+def ce_soft(const real[:, ::1] x, const real[:, ::1] target, const double[::1] weight,
+            double smoothing, double scale, double[::1] loss, real[:, ::1] grad,
+            int nthreads=1):
+    """Per-row cross-entropy against probabilities; see fastsm/kernels/__init__.py."""
+    cdef Py_ssize_t n = x.shape[0], k = x.shape[1], t, per, r0, r1
+    cdef real *g = NULL if grad is None else &grad[0, 0]
+    cdef int nt = _threads_for(n, k, nthreads)
+    with nogil:
+        if nt == 1:
+            _ce_soft_rows(&x[0, 0], &target[0, 0], &weight[0], smoothing, scale, &loss[0], g,
+                          0, n, k)
+        else:
+            per = (n + nt - 1) // nt
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                r0 = t * per
+                r1 = r0 + per
+                if r1 > n:
+                    r1 = n
+                if r0 < r1:
+                    _ce_soft_rows(&x[0, 0], &target[0, 0], &weight[0], smoothing, scale,
+                                  &loss[0], g, r0, r1, k)
+
+
+def info():
+    return {
+        "openmp": bool(FSM_OPENMP),
+        "omp_max_threads": omp_get_max_threads(),
+        "exp": "own vectorised exp (Cody-Waite + polynomial), runtime ISA: "
+               + fsm_isa().decode(),
+        "parallel_threshold_elements": _MIN_PARALLEL,
+    }

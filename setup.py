@@ -1,0 +1,118 @@
+"""Build fastsm, including the Cython/OpenMP extension fastsm.kernels.cython_kernels.
+
+- OpenMP is probed by compiling a tiny program with -fopenmp.  Without it the extension is
+  built serial (still vectorised, via -fopenmp-simd where the compiler has it) with a loud
+  warning; FASTSM_FAIL_NO_OPENMP=1 makes that an error (CI sets it).
+- Flags: -O3 -fno-trapping-math, never -ffast-math (its -ffinite-math-only may delete the
+  -inf/NaN handling that masked logits need).  The default build is portable: on x86-64
+  gcc/Linux the row kernels carry AVX-512/AVX2/baseline clones chosen at load time.
+  FASTSM_NATIVE=1 adds -march=native for a local build tuned to this CPU only.
+- If the extension cannot be built at all (no compiler), the package still installs with
+  the numpy and numba backends, unless FASTSM_REQUIRE_CYTHON=1.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _compiles(compiler, source, extra_args):
+    """Whether ``compiler`` compiles and links ``source`` with ``extra_args``."""
+    tmp = tempfile.mkdtemp(prefix="fastsm-probe-")
+    try:
+        path = os.path.join(tmp, "probe.c")
+        with open(path, "w") as f:
+            f.write(source)
+        objects = compiler.compile([path], output_dir=tmp, extra_postargs=extra_args)
+        compiler.link_executable(objects, os.path.join(tmp, "probe"), extra_postargs=extra_args)
+        return True
+    except Exception:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+OPENMP_PROBE = """
+#include <omp.h>
+int main(void) { int n = 0;
+#pragma omp parallel reduction(+:n)
+  n += 1;
+  return n > 0 ? 0 : 1; }
+"""
+CLONES_PROBE = """
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+int f(int x) { return x + 1; }
+int main(void) { return f(-1); }
+"""
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        compiler = self.compiler
+        is_msvc = compiler.compiler_type == "msvc"
+        if is_msvc:
+            compile_args, link_args, omp = ["/O2", "/openmp"], [], True
+        else:
+            compile_args = ["-O3", "-fno-trapping-math", "-std=gnu99"]  # gnu: FMA contraction on
+            link_args = []
+            omp = _compiles(compiler, OPENMP_PROBE, ["-fopenmp"])
+            if omp:
+                compile_args.append("-fopenmp")
+                link_args.append("-fopenmp")
+            elif _compiles(compiler, "int main(void){return 0;}", ["-fopenmp-simd"]):
+                compile_args.append("-fopenmp-simd")
+            if _env_flag("FASTSM_NATIVE"):
+                compile_args.append("-march=native")
+            if not _compiles(compiler, CLONES_PROBE, []):
+                compile_args.append("-DFSM_NO_CLONES")
+        if not omp:
+            message = ("fastsm: OpenMP not found: the cython backend is built SERIAL "
+                       "(one thread). Install an OpenMP-capable compiler (gcc, or clang "
+                       "with libomp) for multi-threaded kernels.")
+            if _env_flag("FASTSM_FAIL_NO_OPENMP"):
+                raise RuntimeError(message + " (FASTSM_FAIL_NO_OPENMP is set)")
+            warnings.warn(message)
+            print("*" * 78 + "\n" + message + "\n" + "*" * 78, file=sys.stderr)
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_args
+            ext.extra_link_args = link_args
+        try:
+            super().build_extensions()
+        except Exception as exc:
+            if _env_flag("FASTSM_REQUIRE_CYTHON"):
+                raise
+            print(f"fastsm: WARNING: the cython backend could not be built ({exc}); "
+                  "installing without it.", file=sys.stderr)
+
+
+def extensions():
+    try:
+        import numpy  # noqa: F401  (build requirement; keeps the error early and clear)
+        from Cython.Build import cythonize
+        from setuptools import Extension
+    except ImportError as exc:
+        if _env_flag("FASTSM_REQUIRE_CYTHON"):
+            raise
+        print(f"fastsm: WARNING: Cython unavailable ({exc}); skipping the cython backend",
+              file=sys.stderr)
+        return []
+    ext = Extension(
+        "fastsm.kernels.cython_kernels",
+        sources=["fastsm/kernels/cython_kernels.pyx", "fastsm/kernels/rowops.c"],
+        include_dirs=["fastsm/kernels"],
+        depends=["fastsm/kernels/rowops.h", "fastsm/kernels/rowops_impl.h"],
+    )
+    return cythonize([ext], language_level=3)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -1,0 +1,182 @@
+"""Cross-entropy and its fused gradient: oracle, finite differences and torch parity."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastsm
+
+from . import oracle
+
+DTYPES = [np.float32, np.float64]
+LOSS_RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13}
+GRAD_RTOL = {np.dtype(np.float32): 4e-6, np.dtype(np.float64): 1e-14}
+OPTIONS = [
+    dict(weight=w, ignore_index=ii, label_smoothing=ls, reduction=red)
+    for w, ii, ls, red in itertools.product(
+        [None, "random"], [-100, 2], [0.0, 0.1, 1.0], ["mean", "sum", "none"])
+]
+
+
+def _problem(shape, k, dtype, seed, soft=False, masked=False):
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal(shape + (k,)) * 2).astype(dtype)
+    if masked:
+        logits[rng.random(logits.shape) < 0.2] = -np.inf
+        logits[..., 0] = 0.0  # keep every row alive
+    if soft:
+        t = rng.random(shape + (k,))
+        target = (t / t.sum(-1, keepdims=True)).astype(dtype)
+    else:
+        target = rng.integers(0, k, size=shape)
+        if masked:  # class 0 is finite in every row; keep the target finite
+            target[:] = 0
+    return logits, target
+
+
+def _resolve(options, k, seed):
+    options = dict(options)
+    if options["weight"] == "random":
+        options["weight"] = np.random.default_rng(seed).random(k) + 0.5
+    return options
+
+
+def _check(backend, logits, target, options, dtype):
+    dtype = np.dtype(dtype)
+    before = (logits.copy(), target.copy())
+    loss, grad = fastsm.cross_entropy_with_grad(logits, target, backend=backend, **options)
+    loss_only = fastsm.cross_entropy(logits, target, backend=backend, **options)
+    np.testing.assert_array_equal(logits, before[0])
+    np.testing.assert_array_equal(target, before[1])
+    np.testing.assert_array_equal(loss, loss_only)  # one code path: identical figures
+    ref = oracle.cross_entropy(logits, target, **options)
+    assert np.asarray(loss).dtype == dtype and grad.dtype == dtype and grad.shape == logits.shape
+    assert np.shape(loss) == np.shape(ref)
+    err = np.abs(np.asarray(loss, np.longdouble) - ref)
+    assert (err <= LOSS_RTOL[dtype] * np.maximum(1, np.abs(ref))).all(), (options, loss, ref)
+    # gradient: error scaled to the size of the two terms of s * (p * Q - q)
+    terms_kw = {k: v for k, v in options.items() if k != "reduction"}
+    _, q, big_q, den = oracle.cross_entropy_terms(logits, target, **terms_kw)
+    p = oracle.softmax(logits.reshape(-1, logits.shape[-1]))
+    s = 1 / den if options["reduction"] == "mean" else 1
+    bound = GRAD_RTOL[dtype] * s * (p * big_q[:, None] + np.abs(q)) + np.finfo(dtype).tiny
+    gref = oracle.cross_entropy_grad(logits, target, **options).reshape(p.shape)
+    gerr = np.abs(grad.reshape(p.shape).astype(np.longdouble) - gref)
+    assert (gerr <= bound).all(), (options, float(gerr.max()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("soft", [False, True], ids=["index", "soft"])
+def test_every_option_matches_oracle(backend, dtype, soft):
+    for i, options in enumerate(OPTIONS):
+        for shape, k in [((9,), 5), ((3, 4), 7), ((), 6), ((40,), 300)]:
+            logits, target = _problem(shape, k, dtype, seed=i, soft=soft)
+            if not soft and options["ignore_index"] == 2 and shape:
+                target.reshape(-1)[::3] = 2  # some ignored samples
+            _check(backend, logits, target, _resolve(options, k, i), dtype)
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["index", "soft"])
+def test_masked_logits(backend, soft):
+    for options in OPTIONS:
+        logits, target = _problem((50,), 9, np.float64, seed=3, soft=soft, masked=True)
+        if soft:
+            target[np.isneginf(logits)] = 0  # no probability on masked classes
+        options = _resolve(options, 9, 3)
+        loss, grad = fastsm.cross_entropy_with_grad(logits, target, backend=backend, **options)
+        ref = oracle.cross_entropy(logits, target, **options)
+        # smoothing puts weight on masked classes too: +inf where a row is masked
+        expect_inf = bool(options["label_smoothing"])
+        assert np.isinf(np.asarray(loss)).any() == expect_inf
+        np.testing.assert_allclose(np.asarray(loss, np.float64), ref.astype(np.float64),
+                                   rtol=1e-13)
+        gref = oracle.cross_entropy_grad(logits, target, **options).astype(np.float64)
+        np.testing.assert_allclose(grad, gref, rtol=1e-13, atol=1e-15)
+
+
+def test_all_ignored_and_empty(backend):
+    logits = np.zeros((4, 3))
+    target = np.full(4, -100)
+    loss, grad = fastsm.cross_entropy_with_grad(logits, target, backend=backend)
+    assert np.isnan(loss) and (grad == 0).all()
+    assert fastsm.cross_entropy(logits, target, reduction="sum", backend=backend) == 0
+    np.testing.assert_array_equal(
+        fastsm.cross_entropy(logits, target, reduction="none", backend=backend), np.zeros(4))
+    empty = np.zeros((0, 3), np.float32)
+    assert np.isnan(fastsm.cross_entropy(empty, np.zeros(0, int), backend=backend))
+    loss, grad = fastsm.cross_entropy_with_grad(empty, np.zeros((0, 3), np.float32),
+                                                reduction="sum", backend=backend)
+    assert loss == 0 and grad.shape == (0, 3) and grad.dtype == np.float32
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["index", "soft"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_gradient_by_central_differences(backend, soft, smoothing):
+    """Shift one class column of every sample at once: each sample's loss moves alone."""
+    logits, target = _problem((12,), 6, np.float64, seed=7, soft=soft)
+    weight = np.linspace(0.5, 2.0, 6)
+    opts = dict(weight=weight, label_smoothing=smoothing)
+    _, grad = fastsm.cross_entropy_with_grad(logits, target, reduction="none", backend=backend,
+                                             **opts)
+    h = 1e-6
+    for c in range(6):
+        plus, minus = logits.copy(), logits.copy()
+        plus[:, c] += h
+        minus[:, c] -= h
+        lp = fastsm.cross_entropy(plus, target, reduction="none", backend=backend, **opts)
+        lm = fastsm.cross_entropy(minus, target, reduction="none", backend=backend, **opts)
+        np.testing.assert_allclose(grad[:, c], (lp - lm) / (2 * h), rtol=1e-6, atol=1e-8)
+    # mean and sum scale the same per-sample gradient
+    _, gsum = fastsm.cross_entropy_with_grad(logits, target, reduction="sum", backend=backend,
+                                             **opts)
+    np.testing.assert_allclose(gsum, grad, rtol=1e-15)
+
+
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("soft", [False, True], ids=["index", "soft"])
+def test_parity_with_torch(backend, dtype, soft):
+    torch = _torch()
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for i, options in enumerate(OPTIONS):
+        if soft and options["ignore_index"] != -100:
+            continue  # torch ignores ignore_index for probability targets; so do we
+        for shape, k in [((9,), 5), ((2, 3), 4), ((), 6)]:
+            logits, target = _problem(shape, k, dtype, seed=i, soft=soft)
+            if not soft and options["ignore_index"] == 2 and shape:
+                target.reshape(-1)[::2] = 2
+            options_k = _resolve(options, k, i)
+            loss, grad = fastsm.cross_entropy_with_grad(logits, target, backend=backend,
+                                                        **options_k)
+            # torch wants classes on axis 1
+            xt = torch.tensor(np.moveaxis(logits, -1, 1) if logits.ndim > 1 else logits,
+                              requires_grad=True)
+            tt = torch.tensor(np.moveaxis(target, -1, 1) if soft and target.ndim > 1 else target)
+            kw = dict(options_k)
+            if kw["weight"] is not None:
+                kw["weight"] = torch.tensor(kw["weight"], dtype=xt.dtype)
+            tloss = torch.nn.functional.cross_entropy(xt, tt, **kw)
+            tloss.sum().backward()
+            np.testing.assert_allclose(loss, tloss.detach().numpy(), rtol=tol, atol=tol,
+                                       err_msg=str(options_k))
+            tgrad = xt.grad.numpy()
+            tgrad = np.moveaxis(tgrad, 1, -1) if tgrad.ndim > 1 else tgrad
+            np.testing.assert_allclose(grad, tgrad, rtol=tol, atol=tol, err_msg=str(options_k))
+
+
+def test_tutorial_formula_with_one_hot_targets(backend):
+    """The tutorial's -(1/N) sum(sum(y * log(p))) equals the soft-target mean."""
+    logits, labels = _problem((8,), 4, np.float64, seed=1)
+    y = np.eye(4)[labels]
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    expected = -(1 / 8) * np.sum(np.sum(y * np.log(p)))
+    np.testing.assert_allclose(fastsm.cross_entropy(logits, y, backend=backend), expected,
+                               rtol=1e-14)
+    np.testing.assert_allclose(fastsm.cross_entropy(logits, labels, backend=backend), expected,
+                               rtol=1e-14)
