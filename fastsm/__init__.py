@@ -20,6 +20,7 @@ from ._api import (
 )
 from ._config import show_config
 from ._threads import get_num_threads, set_num_threads
+from ._tuning import tune
 
 __version__ = "0.1.0"
 
@@ -35,4 +36,5 @@ __all__ = [
     "set_num_threads",
     "show_config",
     "softmax",
+    "tune",
 ]

@@ -43,3 +43,26 @@ def load_table() -> dict:
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a corrupt cache must not break calls; tune() rewrites it
     return table
+
+
+def save_table(table: dict, machine: str) -> Path:
+    """Write ``{(op, dtype, bucket): backend}`` as this machine's table; returns the path."""
+    path = table_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = [{"op": op, "dtype": dt, "bucket": b, "backend": name}
+               for (op, dt, b), name in sorted(table.items())]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"machine": machine, "winners": entries}, indent=1))
+    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    return path
+
+
+def tune(quick: bool = True) -> Path:
+    """Measure every backend on this machine and store the per-shape winners.
+
+    Runs the benchmark grid (``fastsm bench --save``); later calls without ``backend=``
+    use the stored table.  Returns the path of the stored table."""
+    from . import bench
+
+    cells = bench.run(quick=quick, peers=(), progress=False)
+    return bench.save_winners(cells)[0]

@@ -1,0 +1,62 @@
+"""What every benchmark suite here shares: the grid, the data and the callables.
+
+All three suites (asv, pytest-benchmark, ``fastsm bench``) read the backend registry, so a
+new backend shows up everywhere without edits here.  Imports are guarded so the asv suite
+still loads on older commits.
+"""
+
+import numpy as np
+
+try:
+    import fastsm
+    from fastsm import _registry
+    from fastsm.bench import OPS, error_of, parse_shape, reference
+except ImportError:  # an old commit without these modules
+    fastsm = None
+    OPS = ()
+
+SHAPES = ("4096x1000", "512x32000", "65536x10", "64x128")
+DTYPES = ("float32", "float64")
+_cache = {}
+
+
+def backends():
+    return list(_registry.KNOWN) if fastsm is not None else []
+
+
+def data(shape, dtype, with_target):
+    key = (shape, dtype, with_target)
+    if key not in _cache:
+        dims, _ = parse_shape(shape)
+        rng = np.random.default_rng(0)
+        x = (rng.standard_normal(dims) * 2).astype(dtype)
+        target = rng.integers(0, dims[-1], dims[0]) if with_target else None
+        _cache[key] = (x, target)
+    return _cache[key]
+
+
+def call(backend, op, shape, dtype):
+    """A zero-argument callable running ``op`` on ``backend``; raises NotImplementedError
+    when the backend is unavailable here (asv's skip signal)."""
+    try:
+        _registry.load(backend)
+    except (ImportError, ValueError) as exc:
+        raise NotImplementedError(str(exc))
+    x, target = data(shape, dtype, op.startswith("cross"))
+    fn = getattr(fastsm, op)
+    if target is not None:
+        return lambda: fn(x, target, backend=backend)
+    return lambda: fn(x, backend=backend)
+
+
+def accuracy(backend, op, shape, dtype):
+    x, target = data(shape, dtype, op.startswith("cross"))
+    key = ("ref", op, shape, dtype)
+    if key not in _cache:  # the long-double reference is the slow part: once per cell
+        _cache[key] = reference(op, x, -1, target)
+    return error_of(op, call(backend, op, shape, dtype)(), _cache[key])
+
+
+def nbytes(op, shape, dtype):
+    x, _ = data(shape, dtype, False)
+    return 2 * x.nbytes if op in ("softmax", "log_softmax", "cross_entropy_with_grad") else x.nbytes

@@ -1,0 +1,14 @@
+import fastsm
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record threading details next to the timings."""
+    from fastsm._config import config as fastsm_config
+
+    info = fastsm_config()
+    machine_info["fastsm_threads"] = info["threads"]
+    machine_info["fastsm_usable_cpus"] = info["usable_cpus"]
+    machine_info["fastsm_backends"] = {
+        name: {k: str(v) for k, v in entry.items()} for name, entry in info["backends"].items()
+    }
+    machine_info["fastsm_version"] = fastsm.__version__

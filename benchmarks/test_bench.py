@@ -1,0 +1,31 @@
+"""pytest-benchmark suite: ``pytest benchmarks --benchmark-only``.
+
+Grouped as ``op|shape|dtype`` with the backend as the parameter, so each group of the
+report compares backends side by side.  The normal test run executes each once as a plain
+test (``--benchmark-disable`` in addopts): CI proves they work without timing anything.
+"""
+
+import pytest
+
+import fastsm
+
+from .common import DTYPES, OPS, SHAPES, accuracy, backends, call, nbytes
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend", backends())
+def test_op(benchmark, backend, op, shape, dtype):
+    try:
+        fn = call(backend, op, shape, dtype)
+    except NotImplementedError as exc:
+        pytest.skip(str(exc))
+    fn()  # JIT compile and warm-up are not part of the timing
+    benchmark.group = f"{op}|{shape}|{dtype}"
+    benchmark.extra_info["threads"] = fastsm.get_num_threads()
+    benchmark.extra_info["max_error"] = accuracy(backend, op, shape, dtype)
+    benchmark(fn)
+    if benchmark.stats is not None:
+        benchmark.extra_info["GB/s"] = nbytes(op, shape, dtype) / benchmark.stats.stats.median / 1e9
+    assert benchmark.extra_info["max_error"] < (1e-5 if dtype == "float32" else 1e-13)

@@ -1,0 +1,441 @@
+"""``python -m fastsm bench``: every backend and installed peer, side by side, speed and accuracy.
+
+Contenders come from the registry (every available fastsm backend) plus the peers that
+import here: the NumPy baseline ``exp(x - max) / sum`` (always), torch, scipy, jax, and a
+plain ``np.copyto`` of the same bytes (the memory roofline).  Within a cell, contenders run
+interleaved round by round (shuffled each round) so machine drift hits them equally; the
+first call (JIT compile, thread start-up) is timed apart as first-call latency.  Accuracy is
+measured against a long-double reference computed here (the test-suite's oracle lives in
+``tests/`` and is not installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import _api, _dispatch, _registry, _threads
+
+OPS = ("softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_with_grad")
+DEFAULT_SHAPES = ("4096x1000", "512x32000", "65536x10", "64x128", "1000x512@0")
+QUICK_SHAPES = ("4096x1000", "256x32000", "65536x10", "64x128", "1000x512@0")
+LD = np.longdouble
+
+
+@dataclass
+class Cell:
+    op: str
+    shape: str
+    dtype: str
+    threads: int
+    results: list = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    contender: str
+    median_s: float
+    first_call_s: float
+    gbps: float
+    vs_numpy: float = math.nan      # numpy baseline time / this time (>1: faster)
+    vs_copy: float = math.nan       # this time / copy time (1: at the memory roofline)
+    error: float = math.nan
+    fastest: bool = False
+
+
+def parse_shape(text: str):
+    """'4096x1000' -> ((4096, 1000), -1); '1000x512@0' -> ((1000, 512), 0)."""
+    axis = -1
+    if "@" in text:
+        text, ax = text.split("@")
+        axis = int(ax)
+    dims = tuple(int(d) for d in text.lower().split("x"))
+    if not dims or any(d < 1 for d in dims):
+        raise ValueError(f"bad shape {text!r}; expected e.g. 4096x1000 or 1000x512@0")
+    return dims, axis
+
+
+# ----------------------------------------------------------------------------- reference
+def _ref_log_softmax(x, axis):
+    x = x.astype(LD)
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def reference(op, x, axis, target):
+    if op == "softmax":
+        return np.exp(_ref_log_softmax(x, axis))
+    if op == "log_softmax":
+        return _ref_log_softmax(x, axis)
+    if op == "logsumexp":
+        xl = x.astype(LD)
+        m = xl.max(axis=axis)
+        return m + np.log(np.exp(xl - np.expand_dims(m, axis)).sum(axis=axis))
+    logp = _ref_log_softmax(x, -1)
+    n = x.shape[0]
+    loss = -logp[np.arange(n), target].mean()
+    if op == "cross_entropy":
+        return loss
+    grad = np.exp(logp)
+    grad[np.arange(n), target] -= 1
+    return loss, grad / n
+
+
+def error_of(op, result, ref):
+    """Max relative error (probabilities, loss); max error / max(1, |ref|) for logs; for the
+    fused op the worse of loss and gradient (gradient relative to its largest entry)."""
+    if op == "cross_entropy_with_grad":
+        loss, grad = result
+        g_err = np.max(np.abs(np.asarray(grad, LD) - ref[1])) / np.max(np.abs(ref[1]))
+        return max(error_of("cross_entropy", loss, ref[0]), float(g_err))
+    r = np.asarray(result, LD)
+    if op in ("softmax", "cross_entropy"):
+        mask = np.abs(ref) > np.finfo(np.asarray(result).dtype).tiny
+        return float(np.max(np.abs(r[mask] - ref[mask]) / np.abs(ref[mask]))) if mask.any() else 0.0
+    return float(np.max(np.abs(r - ref) / np.maximum(1, np.abs(ref))))
+
+
+# ----------------------------------------------------------------------------- contenders
+def _numpy_baseline(op, x, axis, target):
+    if op == "softmax":
+        return lambda: _np_softmax(x, axis)
+    if op == "log_softmax":
+        return lambda: _np_log_softmax(x, axis)
+    if op == "logsumexp":
+        return lambda: _np_logsumexp(x, axis)
+    n = x.shape[0]
+    rows = np.arange(n)
+    if op == "cross_entropy":
+        return lambda: -_np_log_softmax(x, -1)[rows, target].mean()
+
+    def fused():
+        p = _np_softmax(x, -1)
+        loss = -np.log(p[rows, target]).mean()
+        p[rows, target] -= 1
+        p /= n
+        return loss, p
+
+    return fused
+
+
+def _np_softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _np_log_softmax(x, axis):
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def _np_logsumexp(x, axis):
+    m = x.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def _torch_fn(op, x, axis, target, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(x)
+    if op == "softmax":
+        return lambda: torch.softmax(xt, axis).numpy()
+    if op == "log_softmax":
+        return lambda: torch.log_softmax(xt, axis).numpy()
+    if op == "logsumexp":
+        return lambda: torch.logsumexp(xt, axis).numpy()
+    tt = torch.from_numpy(target)
+    f = torch.nn.functional.cross_entropy
+    if op == "cross_entropy":
+        return lambda: f(xt, tt).numpy()
+
+    def fused():
+        leaf = xt.detach().requires_grad_()
+        loss = f(leaf, tt)
+        loss.backward()
+        return loss.detach().numpy(), leaf.grad.numpy()
+
+    return fused
+
+
+def _scipy_fn(op, x, axis, target, threads):
+    import scipy.special as sp
+
+    if op in ("softmax", "log_softmax", "logsumexp"):
+        fn = getattr(sp, op)
+        return lambda: fn(x, axis=axis)
+    return None
+
+
+def _jax_fn(op, x, axis, target, threads):
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    xj = jnp.asarray(x)
+    if op in ("softmax", "log_softmax"):
+        fn = jax.jit(lambda a: getattr(jax.nn, op)(a, axis=axis))
+    elif op == "logsumexp":
+        fn = jax.jit(lambda a: jax.nn.logsumexp(a, axis=axis))
+    else:
+        tj = jnp.asarray(target)
+
+        def loss(a):
+            logp = jax.nn.log_softmax(a, axis=-1)
+            return -jnp.take_along_axis(logp, tj[:, None], axis=-1).mean()
+
+        fn = jax.jit(loss if op == "cross_entropy" else jax.value_and_grad(loss))
+    return lambda: jax.block_until_ready(fn(xj))
+
+
+PEERS = {"torch": _torch_fn, "scipy": _scipy_fn, "jax": _jax_fn}
+
+
+def contenders(op, x, axis, target, backends, peers, threads):
+    """{name: zero-argument callable} for one cell."""
+    found = {}
+    for name in backends:
+        fn = getattr(_api, op)
+        if op.startswith("cross"):
+            found[name] = (lambda f=fn, b=name: f(x, target, backend=b))
+        else:
+            found[name] = (lambda f=fn, b=name: f(x, axis=axis, backend=b))
+    found["numpy-baseline"] = _numpy_baseline(op, x, axis, target)
+    for peer in peers:
+        try:
+            fn = PEERS[peer](op, x, axis, target, threads)
+        except ImportError:
+            continue
+        if fn is not None:
+            found[peer] = fn
+    out = np.empty_like(x)
+    found["copy"] = lambda: np.copyto(out, x)
+    return found
+
+
+# ----------------------------------------------------------------------------- runner
+def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rng):
+    dims, axis = parse_shape(shape_text)
+    if op.startswith("cross") and (axis != -1 or len(dims) != 2):
+        return None  # cross-entropy takes classes on the last axis of (N, K)
+    data_rng = np.random.default_rng(0)
+    x = (data_rng.standard_normal(dims) * 2).astype(dtype)
+    target = data_rng.integers(0, dims[-1], dims[0]) if op.startswith("cross") else None
+    fns = contenders(op, x, axis, target, backends, peers, threads)
+    first, samples, outputs = {}, {name: [] for name in fns}, {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        outputs[name] = fn()
+        first[name] = time.perf_counter() - t0
+    # round-robin: one call of each contender per round, order shuffled every round
+    start = time.perf_counter()
+    names = list(fns)
+    for r in range(reps):
+        rng.shuffle(names)
+        for name in names:
+            t0 = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - t0)
+        if r >= 4 and time.perf_counter() - start > budget_s:
+            break
+    ref = reference(op, x, axis, target)
+    nbytes = 2 * x.nbytes if op in ("softmax", "log_softmax", "cross_entropy_with_grad") else x.nbytes
+    cell = Cell(op, shape_text, np.dtype(dtype).name, threads)
+    med = {name: float(np.median(s)) for name, s in samples.items()}
+    for name in fns:
+        res = Result(name, med[name], first[name], nbytes / med[name] / 1e9)
+        res.vs_numpy = med["numpy-baseline"] / med[name]
+        res.vs_copy = med[name] / med["copy"]
+        if name != "copy":
+            res.error = error_of(op, outputs[name], ref)
+        cell.results.append(res)
+    best = min((r for r in cell.results if r.contender != "copy"), key=lambda r: r.median_s)
+    best.fastest = True
+    return cell
+
+
+def run(ops=OPS, shapes=DEFAULT_SHAPES, dtypes=("float32", "float64"), threads=None,
+        backends=None, peers=("torch", "scipy", "jax"), quick=False, progress=True):
+    threads = threads or _threads.get_num_threads()
+    old = _threads.get_num_threads()
+    _threads.set_num_threads(threads)
+    backends = list(backends or _registry.available())
+    reps, budget = (5, 0.15) if quick else (31, 3.0)
+    rng = random.Random(0)
+    cells = []
+    todo = [(op, s, d) for d in dtypes for s in shapes for op in ops]
+    try:
+        for i, (op, shape, dtype) in enumerate(todo):
+            if progress:
+                print(f"\r[{i + 1}/{len(todo)}] {op} {shape} {dtype}".ljust(70), end="",
+                      file=sys.stderr, flush=True)
+            cell = run_cell(op, shape, dtype, backends, peers, threads, reps, budget, rng)
+            if cell is not None:
+                cells.append(cell)
+    finally:
+        _threads.set_num_threads(old)
+        if progress:
+            print("\r".ljust(72) + "\r", end="", file=sys.stderr, flush=True)
+    return cells
+
+
+# ----------------------------------------------------------------------------- output
+def _fmt_time(s):
+    return f"{s * 1e3:.3f} ms" if s >= 1e-3 else f"{s * 1e6:.1f} us"
+
+
+def table(cells, markdown=False):
+    head = ["op", "shape", "dtype", "contender", "median", "GB/s", "x numpy", "x copy",
+            "max err", "first call"]
+    rows = []
+    for cell in cells:
+        for r in sorted(cell.results, key=lambda r: r.median_s):
+            rows.append([cell.op, cell.shape, cell.dtype,
+                         r.contender + (" *" if r.fastest else ""), _fmt_time(r.median_s),
+                         f"{r.gbps:.1f}", f"{r.vs_numpy:.2f}", f"{r.vs_copy:.2f}",
+                         "-" if math.isnan(r.error) else f"{r.error:.1e}",
+                         _fmt_time(r.first_call_s)])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    last = None
+    for row in rows:
+        if last is not None and row[:3] != last:
+            lines.append("")
+        last = row[:3]
+        lines.append(fmt.format(*row))
+    return "\n".join(lines)
+
+
+def machine_line(threads):
+    import platform
+
+    return (f"{platform.processor() or platform.machine()}, {_threads.usable_cpus()} usable CPUs, "
+            f"{threads} thread(s), numpy {np.__version__}, fastsm backends "
+            f"{_registry.available()}")
+
+
+def plot(cells, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(c.op, c.dtype) for c in cells})
+    ncols = 2
+    nrows = math.ceil(len(groups) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(12, 3.2 * nrows), squeeze=False)
+    for ax, (op, dtype) in zip(axes.flat, groups):
+        sel = [c for c in cells if c.op == op and c.dtype == dtype]
+        shapes = [c.shape for c in sel]
+        names = [r.contender for r in sel[0].results if r.contender != "copy"]
+        width = 0.8 / max(1, len(names))
+        for j, name in enumerate(names):
+            vals = [next((r.gbps for r in c.results if r.contender == name), 0) for c in sel]
+            ax.bar(np.arange(len(sel)) + j * width, vals, width, label=name)
+        copy = [next(r.gbps for r in c.results if r.contender == "copy") for c in sel]
+        for i, v in enumerate(copy):
+            ax.hlines(v, i - 0.1, i + 0.9, colors="k", linestyles="dashed",
+                      label="np.copyto (roofline)" if i == 0 else None)
+        ax.set_xticks(np.arange(len(sel)) + 0.4 - width / 2, shapes, fontsize=8)
+        ax.set_ylabel("GB/s")
+        ax.set_title(f"{op} {dtype}")
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    fullest = max(axes.flat[: len(groups)], key=lambda a: len(a.get_legend_handles_labels()[1]))
+    fullest.legend(fontsize=7)
+    fig.suptitle(f"fastsm bench: {machine_line(cells[0].threads if cells else 1)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def winners(cells):
+    """[(op, dtype, bucket, backend)] from measured cells: the fastest fastsm backend."""
+    out = {}
+    names = set(_registry.KNOWN)
+    for cell in cells:
+        dims, axis = parse_shape(cell.shape)
+        if axis != -1:
+            continue
+        n, k = int(np.prod(dims[:-1])), dims[-1]
+        mine = [r for r in cell.results if r.contender in names]
+        if mine:
+            best = min(mine, key=lambda r: r.median_s)
+            out[(cell.op, cell.dtype, _dispatch.bucket(n, k))] = best.contender
+    return out
+
+
+def save_winners(cells):
+    from . import _tuning
+
+    table_ = winners(cells)
+    path = _tuning.save_table(table_, machine_line(cells[0].threads if cells else 1))
+    _dispatch.reset()
+    return path, table_
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="fastsm bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repeats: well under a minute")
+    p.add_argument("--ops", default=",".join(OPS), help="comma-separated ops")
+    p.add_argument("--shapes", default=None, help="e.g. 4096x1000,64x128,1000x512@0 (@axis)")
+    p.add_argument("--dtypes", default=None, help="default float32,float64 (--quick: float32)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every contender")
+    p.add_argument("--backends", default=None, help="fastsm backends (default: all available)")
+    p.add_argument("--peers", default="torch,scipy,jax", help="peers to include if installed")
+    p.add_argument("--json", metavar="PATH", help="write results as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s per shape")
+    p.add_argument("--save", action="store_true",
+                   help="store the measured winners as this machine's dispatch table")
+    args = p.parse_args(argv)
+    ops = [o for o in args.ops.split(",") if o]
+    bad = [o for o in ops if o not in OPS]
+    if bad:
+        p.error(f"unknown op(s) {bad}; expected some of {list(OPS)}")
+    shapes = args.shapes.split(",") if args.shapes else list(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+    for s in shapes:
+        try:
+            parse_shape(s)
+        except ValueError as exc:
+            p.error(str(exc))
+    backends = args.backends.split(",") if args.backends else None
+    if backends:
+        for b in backends:
+            try:
+                _registry.load(b)
+            except (ValueError, ImportError) as exc:
+                p.error(str(exc))
+    threads = args.threads or _threads.get_num_threads()
+    dtypes = args.dtypes or ("float32" if args.quick else "float32,float64")
+    cells = run(ops, shapes, dtypes.split(","), threads, backends,
+                [q for q in args.peers.split(",") if q], args.quick)
+    print(f"fastsm bench — {machine_line(threads)}")
+    print("median per call; x numpy = NumPy-baseline time / time (higher is faster); "
+          "x copy = time / np.copyto time (1 = memory roofline); * = fastest\n")
+    print(table(cells))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_line(threads), "threads": threads,
+                       "cells": [asdict(c) for c in cells]}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"Machine: {machine_line(threads)}\n\n{table(cells, markdown=True)}\n")
+    if args.plot:
+        plot(cells, args.plot)
+    if args.save:
+        path, tbl = save_winners(cells)
+        print(f"\nsaved {len(tbl)} dispatch entries to {path}")
+    return 0
