@@ -1,4 +1,15 @@
+import pytest
+
 import fastsm
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Benchmarks run once, untimed, in a plain `pytest` (CI proves they work);
+    `--benchmark-only` or `--benchmark-enable` times them."""
+    opt = config.option
+    if hasattr(opt, "benchmark_disable") and not (opt.benchmark_only or opt.benchmark_enable):
+        opt.benchmark_disable = True
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
