@@ -11,8 +11,8 @@ Design
   max (LLVM forms a vector max only with them; a NaN entry still turns its row NaN in the
   exp pass, which has no nnan).  Never on the log-softmax subtraction, where reordering
   (x - m) - log s into x - (m + log s) loses log s when |m| is huge.
-- Sums run in T over chunks of 1024 and accumulate in float64 (200k float32 classes keep
-  3e-6).  Rows shorter than 32 are shifted block by block and exp runs once over the
+- Sums accumulate in float64 (200k float32 classes keep 3e-6), in a function of their
+  own: the exp loops carry only ``contract``.  Rows shorter than 32 are shifted block by block and exp runs once over the
   contiguous block, since a 10-element loop never reaches the vector body.
 - Each kernel exists twice, serial and ``parallel=True``; calls under ``_MIN_PARALLEL``
   elements take the serial one (a parallel launch costs more than a 64x128 softmax).
@@ -39,7 +39,6 @@ from numba.np.numpy_support import as_dtype
 NAME = "numba"
 _MIN_PARALLEL = 1 << 15
 _SHORT_K = 32
-_CHUNK = 1024
 _BLOCK = 2048
 
 if not os.environ.get("NUMBA_THREADING_LAYER"):
@@ -193,108 +192,102 @@ def _row_max(x, lo, hi):
     return m4 if m4 > m0 else m0
 
 
-@njit(fastmath={"reassoc", "contract"}, error_model="numpy")
-def _row_exp_sum32(x, e, lo, hi, m, store):
-    """sum exp(x[lo:hi] - m) (float64), storing into e[lo:hi] when store."""
-    s = 0.0
-    for c0 in range(lo, hi, _CHUNK):
-        c1 = min(hi, c0 + _CHUNK)
-        part = np.float32(0.0)
-        if store:
-            for c in range(c0, c1):
-                v = _exp32(x[c] - m)
-                e[c] = v
-                part += v
-        else:
-            for c in range(c0, c1):
-                part += _exp32(x[c] - m)
-        s += part
-    return s
-
-
-@njit(fastmath={"reassoc", "contract"}, error_model="numpy")
-def _row_exp_sum64(x, e, lo, hi, m, store):
-    s = 0.0
-    for c0 in range(lo, hi, _CHUNK):
-        c1 = min(hi, c0 + _CHUNK)
-        part = 0.0
-        if store:
-            for c in range(c0, c1):
-                v = _exp64(x[c] - m)
-                e[c] = v
-                part += v
-        else:
-            for c in range(c0, c1):
-                part += _exp64(x[c] - m)
-        s += part
-    return s
-
-
-@njit(fastmath={"contract"}, error_model="numpy")
-def _block_exp32(x, e, lo, hi):
-    for j in range(lo, hi):
-        e[j] = _exp32(e[j])
-
-
-@njit(fastmath={"contract"}, error_model="numpy")
-def _block_exp64(x, e, lo, hi):
-    for j in range(lo, hi):
-        e[j] = _exp64(e[j])
-
-
-def _row_exp_sum(x, e, lo, hi, m, store):
+def _exp(x):
     raise NotImplementedError("only callable from jitted code")
 
 
-@overload(_row_exp_sum, inline="always")
-def _row_exp_sum_by_dtype(x, e, lo, hi, m, store):
-    kernel = _row_exp_sum32 if x.dtype == types.float32 else _row_exp_sum64
+@overload(_exp, inline="always")
+def _exp_by_dtype(x):
+    kernel = _exp32 if x == types.float32 else _exp64
 
-    def impl(x, e, lo, hi, m, store):  # calls the jitted kernel: its fastmath flags stay
-        return kernel(x, e, lo, hi, m, store)
+    def impl(x):
+        return kernel(x)
 
     return impl
 
 
-def _block_exp(x, e, lo, hi):
-    raise NotImplementedError("only callable from jitted code")
+# The exp bodies are inlined (Numba IR) into loops compiled with fastmath={"contract"}
+# only: under "reassoc" LLVM may fold the magic-number rounding (t + M) - M and merge
+# the Cody-Waite split.  Sums get "reassoc" in a separate function that never sees exp.
+@njit(fastmath={"contract"}, error_model="numpy")
+def _exp_shifted(x, e, lo, hi, m, dst):
+    """e[dst + j] = exp(x[lo + j] - m) for j < hi - lo."""
+    # Slices indexed from 0: with x[lo + j] LLVM must allow for Numba's negative-index
+    # wraparound and emits gathers (vgatherqps in inspect_asm) instead of plain loads.
+    xs = x[lo:hi]
+    es = e[dst:dst + (hi - lo)]
+    for j in range(xs.size):
+        es[j] = _exp(xs[j] - m)
 
 
-@overload(_block_exp, inline="always")
-def _block_exp_by_dtype(x, e, lo, hi):
-    kernel = _block_exp32 if x.dtype == types.float32 else _block_exp64
+@njit(fastmath={"reassoc", "contract"}, error_model="numpy")
+def _sum64(e, lo, hi):
+    # float64, not float32 lane sums: LLVM guards the vector loop with a run-time alias
+    # check and may fall back to a scalar loop, where a float32 running sum over 1024
+    # terms reached 3.7e-6 on 1000 classes (seen only for some array addresses).
+    s = 0.0
+    es = e[lo:hi]
+    for j in range(es.size):
+        s += es[j]
+    return s
 
-    def impl(x, e, lo, hi):
-        kernel(x, e, lo, hi)
 
-    return impl
+_CHUNK = 1024
+
+
+@njit(error_model="numpy")
+def _row_exp_sum(x, e, lo, hi, m, store, scratch):
+    """sum exp(x[lo:hi] - m); the exponentials go to e[lo:hi] when store, else through
+    ``scratch`` (>= _CHUNK elements) one L1-sized chunk at a time."""
+    if store:
+        _exp_shifted(x, e, lo, hi, m, lo)
+        return _sum64(e, lo, hi)
+    s = 0.0
+    for c0 in range(lo, hi, _CHUNK):
+        c1 = min(hi, c0 + _CHUNK)
+        _exp_shifted(x, scratch, c0, c1, m, 0)
+        s += _sum64(scratch, 0, c1 - c0)
+    return s
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
+def _block_exp(e, lo, hi):
+    for j in range(lo, hi):
+        e[j] = _exp(e[j])
 
 
 @njit(inline="always", error_model="numpy")
-def _row_stats(xf, ef, r0, r1, k, ms, ss, store):
-    """Row max and exp-sum of rows r0..r1 of flat data; exps into ef when store.
+def _row_stats(xf, ef, r0, r1, k, store):
+    """(row max, exp-sum) of rows r0..r1 of flat (n*k,) data; the exponentials go to
+    ef[r0*k : r1*k] when store, else into scratch allocated here (one per block).
 
     Long rows go row by row; short rows are shifted first and exp runs once over the
-    contiguous block (ef must then be writable scratch covering the block)."""
+    contiguous block."""
+    ms = np.empty(r1 - r0, xf.dtype)
+    ss = np.empty(r1 - r0, np.float64)
     if k >= _SHORT_K:
+        scratch = np.empty(1 if store else _CHUNK, xf.dtype)
         for i in range(r0, r1):
             lo = i * k
             m = _row_max(xf, lo, lo + k)
             ms[i - r0] = m
-            ss[i - r0] = _row_exp_sum(xf, ef, lo, lo + k, m, store)
-    else:
-        for i in range(r0, r1):
-            lo = i * k
-            m = _row_max(xf, lo, lo + k)
-            ms[i - r0] = m
-            for c in range(lo, lo + k):
-                ef[c] = xf[c] - m
-        _block_exp(xf, ef, r0 * k, r1 * k)
-        for i in range(r0, r1):
-            acc = 0.0
-            for c in range(i * k, i * k + k):
-                acc += ef[c]
-            ss[i - r0] = acc
+            ss[i - r0] = _row_exp_sum(xf, ef, lo, lo + k, m, store, scratch)
+        return ms, ss
+    buf = ef if store else np.empty((r1 - r0) * k, xf.dtype)
+    base = r0 * k if store else 0
+    for i in range(r0, r1):
+        lo = i * k
+        m = _row_max(xf, lo, lo + k)
+        ms[i - r0] = m
+        for c in range(k):
+            buf[base + (i - r0) * k + c] = xf[lo + c] - m
+    _block_exp(buf, base, base + (r1 - r0) * k)
+    for j in range(r1 - r0):
+        acc = 0.0
+        for c in range(base + j * k, base + j * k + k):
+            acc += buf[c]
+        ss[j] = acc
+    return ms, ss
 
 
 # ------------------------------------------------------------------ kernels (flat views)
@@ -302,9 +295,7 @@ def _softmax_impl(xf, of, n, k, nblocks, rows_per):
     for b in prange(nblocks):
         r0 = b * rows_per
         r1 = min(n, r0 + rows_per)
-        ms = np.empty(r1 - r0, xf.dtype)
-        ss = np.empty(r1 - r0, np.float64)
-        _row_stats(xf, of, r0, r1, k, ms, ss, True)
+        ms, ss = _row_stats(xf, of, r0, r1, k, True)
         for i in range(r0, r1):
             inv = _like(xf, 1.0 / ss[i - r0])
             for c in range(i * k, i * k + k):
@@ -315,14 +306,7 @@ def _log_softmax_impl(xf, of, n, k, nblocks, rows_per):
     for b in prange(nblocks):
         r0 = b * rows_per
         r1 = min(n, r0 + rows_per)
-        ms = np.empty(r1 - r0, xf.dtype)
-        ss = np.empty(r1 - r0, np.float64)
-        scratch = np.empty((r1 - r0) * k if k < _SHORT_K else 1, xf.dtype)
-        # short rows need scratch for the block exp; index it from the block start
-        if k < _SHORT_K:
-            _row_stats(xf[r0 * k:r1 * k], scratch, 0, r1 - r0, k, ms, ss, True)
-        else:
-            _row_stats(xf, scratch, r0, r1, k, ms, ss, False)
+        ms, ss = _row_stats(xf, of, r0, r1, k, False)
         for i in range(r0, r1):
             m = ms[i - r0]
             logs = _like(xf, np.log(ss[i - r0]))
@@ -334,13 +318,7 @@ def _logsumexp_impl(xf, out, n, k, nblocks, rows_per):
     for b in prange(nblocks):
         r0 = b * rows_per
         r1 = min(n, r0 + rows_per)
-        ms = np.empty(r1 - r0, xf.dtype)
-        ss = np.empty(r1 - r0, np.float64)
-        scratch = np.empty((r1 - r0) * k if k < _SHORT_K else 1, xf.dtype)
-        if k < _SHORT_K:
-            _row_stats(xf[r0 * k:r1 * k], scratch, 0, r1 - r0, k, ms, ss, True)
-        else:
-            _row_stats(xf, scratch, r0, r1, k, ms, ss, False)
+        ms, ss = _row_stats(xf, out, r0, r1, k, False)  # out is not written: store False
         for i in range(r0, r1):
             m = ms[i - r0]
             if np.isfinite(m):
@@ -365,16 +343,7 @@ def _ce_impl(xf, tgt, soft, w, ignore_index, eps, scale, loss, gf, has_grad, n, 
     for b in prange(nblocks):
         r0 = b * rows_per
         r1 = min(n, r0 + rows_per)
-        ms = np.empty(r1 - r0, xf.dtype)
-        ss = np.empty(r1 - r0, np.float64)
-        if has_grad:
-            _row_stats(xf, gf, r0, r1, k, ms, ss, True)
-        else:
-            scratch = np.empty((r1 - r0) * k if k < _SHORT_K else 1, xf.dtype)
-            if k < _SHORT_K:
-                _row_stats(xf[r0 * k:r1 * k], scratch, 0, r1 - r0, k, ms, ss, True)
-            else:
-                _row_stats(xf, scratch, r0, r1, k, ms, ss, False)
+        ms, ss = _row_stats(xf, gf, r0, r1, k, has_grad)
         for i in range(r0, r1):
             m = ms[i - r0]
             s = ss[i - r0]
