@@ -5,12 +5,11 @@ new backend shows up everywhere without edits here.  Imports are guarded so the 
 still loads on older commits.
 """
 
-import numpy as np
 
 try:
     import fastsm
     from fastsm import _registry
-    from fastsm.bench import OPS, error_of, parse_shape, reference
+    from fastsm.bench import OPS, cell_data, error_of, parse_shape, reference, traffic_bytes
 except ImportError:  # an old commit without these modules
     fastsm = None
     OPS = ()
@@ -27,11 +26,7 @@ def backends():
 def data(shape, dtype, with_target):
     key = (shape, dtype, with_target)
     if key not in _cache:
-        dims, _ = parse_shape(shape)
-        rng = np.random.default_rng(0)
-        x = (rng.standard_normal(dims) * 2).astype(dtype)
-        target = rng.integers(0, dims[-1], dims[0]) if with_target else None
-        _cache[key] = (x, target)
+        _cache[key] = cell_data(parse_shape(shape)[0], dtype, with_target)
     return _cache[key]
 
 
@@ -58,5 +53,4 @@ def accuracy(backend, op, shape, dtype):
 
 
 def nbytes(op, shape, dtype):
-    x, _ = data(shape, dtype, False)
-    return 2 * x.nbytes if op in ("softmax", "log_softmax", "cross_entropy_with_grad") else x.nbytes
+    return traffic_bytes(op, data(shape, dtype, False)[0])

@@ -62,23 +62,32 @@ def parse_shape(text: str):
     return dims, axis
 
 
+# ----------------------------------------------------------------------------- data
+def cell_data(dims, dtype, with_target):
+    """The arrays every suite times: fixed-seed logits (std 2) and, for cross-entropy,
+    integer class targets along the first axis."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(dims) * 2).astype(dtype)
+    target = rng.integers(0, dims[-1], dims[0]) if with_target else None
+    return x, target
+
+
+def traffic_bytes(op, x):
+    """Bytes an op must move: read x, plus write a same-size result where it has one."""
+    return 2 * x.nbytes if op in ("softmax", "log_softmax", "cross_entropy_with_grad") else x.nbytes
+
+
 # ----------------------------------------------------------------------------- reference
-def _ref_log_softmax(x, axis):
-    x = x.astype(LD)
-    z = x - x.max(axis=axis, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
-
-
 def reference(op, x, axis, target):
+    """The NumPy-baseline formulas evaluated in long double."""
+    xl = x.astype(LD)
     if op == "softmax":
-        return np.exp(_ref_log_softmax(x, axis))
+        return np.exp(_np_log_softmax(xl, axis))
     if op == "log_softmax":
-        return _ref_log_softmax(x, axis)
+        return _np_log_softmax(xl, axis)
     if op == "logsumexp":
-        xl = x.astype(LD)
-        m = xl.max(axis=axis)
-        return m + np.log(np.exp(xl - np.expand_dims(m, axis)).sum(axis=axis))
-    logp = _ref_log_softmax(x, -1)
+        return _np_logsumexp(xl, axis)
+    logp = _np_log_softmax(xl, -1)
     n = x.shape[0]
     loss = -logp[np.arange(n), target].mean()
     if op == "cross_entropy":
@@ -225,9 +234,7 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
     dims, axis = parse_shape(shape_text)
     if op.startswith("cross") and (axis != -1 or len(dims) != 2):
         return None  # cross-entropy takes classes on the last axis of (N, K)
-    data_rng = np.random.default_rng(0)
-    x = (data_rng.standard_normal(dims) * 2).astype(dtype)
-    target = data_rng.integers(0, dims[-1], dims[0]) if op.startswith("cross") else None
+    x, target = cell_data(dims, dtype, op.startswith("cross"))
     fns = contenders(op, x, axis, target, backends, peers, threads)
     first, samples, outputs = {}, {name: [] for name in fns}, {}
     for name, fn in fns.items():
@@ -246,7 +253,7 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
         if r >= 4 and time.perf_counter() - start > budget_s:
             break
     ref = reference(op, x, axis, target)
-    nbytes = 2 * x.nbytes if op in ("softmax", "log_softmax", "cross_entropy_with_grad") else x.nbytes
+    nbytes = traffic_bytes(op, x)
     cell = Cell(op, shape_text, np.dtype(dtype).name, threads)
     med = {name: float(np.median(s)) for name, s in samples.items()}
     for name in fns:
@@ -362,7 +369,7 @@ def plot(cells, path):
 
 
 def winners(cells):
-    """[(op, dtype, bucket, backend)] from measured cells: the fastest fastsm backend."""
+    """{(op, dtype, bucket): backend} from measured cells: the fastest fastsm backend."""
     out = {}
     names = set(_registry.KNOWN)
     for cell in cells:
