@@ -197,7 +197,11 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing={label_smoothing!r}; expected a value in [0, 1]")
-    ignore_index = operator.index(ignore_index)
+    try:
+        ignore_index = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index={ignore_index!r} ({type(ignore_index).__name__}); "
+                        "expected an integer") from None
     k = x.shape[-1]
     n = x.size // k if k else int(np.prod(x.shape[:-1]))
     target = np.asarray(target)

@@ -131,7 +131,7 @@ CE_BAD = [
     (dict(label_smoothing=-0.1), ValueError, "label_smoothing"),
     (dict(weight=np.ones(4)), ValueError, r"weight has shape \(4,\); expected \(3,\)"),
     (dict(weight=np.ones(3, complex)), TypeError, "weight has dtype complex128"),
-    (dict(ignore_index=1.5), TypeError, ""),
+    (dict(ignore_index=1.5), TypeError, r"ignore_index=1.5 \(float\); expected an integer"),
     (dict(logits=np.float64(1.0)), ValueError, "at least 1 dimension"),
 ]
 
