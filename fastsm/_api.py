@@ -66,12 +66,26 @@ def _as_rows(x, axis, what="x"):
     """Validate ``x``/``axis``; return (x, compute, result, ax, moved, x2) with x2 (n, K)."""
     x = np.asarray(x)
     compute, result = _dtypes(x.dtype, what)
-    ax = normalize_axis_index(operator.index(axis), x.ndim)
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis={axis!r} ({type(axis).__name__}); expected an integer") from None
+    ax = normalize_axis_index(axis, x.ndim)
     moved = x if ax == x.ndim - 1 else np.moveaxis(x, ax, -1)
     k = moved.shape[-1]
     n = moved.size // k if k else int(np.prod(moved.shape[:-1]))
     x2 = np.ascontiguousarray(moved, dtype=compute).reshape(n, k)
     return x, compute, result, ax, moved, x2
+
+
+def _to_result(res, result, out=None):
+    """``res`` in the result dtype (float32 -> float16: beyond +-65504 is +-inf, the correctly
+    rounded value, so numpy's overflow warning is not raised), into ``out`` if given."""
+    with np.errstate(over="ignore"):
+        if out is not None:
+            np.copyto(out, res, casting="unsafe")  # dtype already checked
+            return out
+        return res.astype(result, copy=False)
 
 
 def _check_out(out, shape, dtype, what="out"):
@@ -114,10 +128,9 @@ def _elementwise(op, x, axis, out, backend):
         getattr(_kernels(backend, op, compute, n, k), op)(x2, res, _threads.get_num_threads())
     res = res.reshape(moved.shape)
     if out is not None:
-        np.copyto(om, res, casting="unsafe")  # dtype already checked; float32 -> float16
+        _to_result(res, result, om)
         return out
-    if result != compute:
-        res = res.astype(result)
+    res = _to_result(res, result)
     return res if ax == x.ndim - 1 else np.moveaxis(res, -1, ax)
 
 
@@ -145,20 +158,30 @@ def log_softmax(x, axis=-1, *, out=None, backend=None):
     return _elementwise("log_softmax", x, axis, out, backend)
 
 
-def logsumexp(x, axis=-1, *, backend=None):
+def logsumexp(x, axis=-1, *, out=None, backend=None):
     r"""``log(sum_i exp(x_i))`` along ``axis`` (removed from the result), as ``m + log(sum exp(x - m))``.
 
     Zero classes give ``-inf``; an all-``-inf`` slice gives ``-inf``, one with ``+inf`` gives
-    ``+inf``, one with NaN gives NaN (NaN wins over ``+inf``).
+    ``+inf``, one with NaN gives NaN (NaN wins over ``+inf``).  ``out`` (the input's shape
+    without ``axis``, result dtype) receives the result.
     """
     x, compute, result, ax, moved, x2 = _as_rows(x, axis)
     n, k = x2.shape
-    res = np.empty(n, compute)
+    shape = moved.shape[:-1]
+    if out is not None:
+        _check_out(out, shape, result)
+    direct = (out is not None and compute == result and out.flags.c_contiguous
+              and not np.may_share_memory(out, x2))
+    res = out.reshape(n) if direct else np.empty(n, compute)
     if k == 0:
         res.fill(-np.inf)
     elif n:
         _kernels(backend, "logsumexp", compute, n, k).logsumexp(x2, res, _threads.get_num_threads())
-    return res.reshape(moved.shape[:-1]).astype(result, copy=False)
+    if out is None:
+        return _to_result(res.reshape(shape), result)
+    if not direct:
+        _to_result(res.reshape(shape), result, out)
+    return out
 
 
 def _target_kind(target, logits_shape, k):
@@ -202,6 +225,8 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
     except TypeError:
         raise TypeError(f"ignore_index={ignore_index!r} ({type(ignore_index).__name__}); "
                         "expected an integer") from None
+    if not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index={ignore_index}; expected an int64 value")
     k = x.shape[-1]
     n = x.size // k if k else int(np.prod(x.shape[:-1]))
     target = np.asarray(target)
@@ -218,22 +243,29 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
         w = np.ascontiguousarray(w, dtype=np.float64)
 
     x2 = np.ascontiguousarray(x, dtype=compute).reshape(n, k)
-    loss_rows = np.zeros(n, np.float64)
-    grad = np.zeros((n, k), compute) if want_grad else None
+    # every kernel writes every row (ignored: 0); without classes no kernel runs: an empty sum
+    loss_rows = np.empty(n, np.float64) if k else np.zeros(n, np.float64)
+    grad = np.empty((n, k), compute) if want_grad else None
 
     if kind == "index":
         t = target.reshape(n)
-        ignored = t == ignore_index
-        bad = ~(((t >= 0) & (t < k)) | ignored)
-        if bad.any():
-            pos = int(np.flatnonzero(bad)[0])
-            where = np.unravel_index(pos, target.shape) if target.ndim > 1 else pos
-            raise ValueError(
-                f"target value {t[pos]} at index {where} is out of range: expected a class "
-                f"index in [0, {k}) or ignore_index={ignore_index}"
-            )
-        t2 = np.ascontiguousarray(t, dtype=np.int64)
-        denominator = float(w[t2[~ignored]].sum())
+        t2 = np.ascontiguousarray(t, dtype=np.int64)  # uint64 >= 2**63 wraps negative: checked below
+        if (n == 0 or (t2.min() >= 0 and t2.max() < k)) and not 0 <= ignore_index < k:
+            ignored = None  # the common case in two reductions: all are classes, none ignored
+        else:
+            ignored = t == ignore_index
+            bad = ~(((t >= 0) & (t < k)) | ignored)
+            if bad.any():
+                pos = int(np.flatnonzero(bad)[0])
+                where = np.unravel_index(pos, target.shape) if target.ndim > 1 else pos
+                raise ValueError(
+                    f"target value {t[pos]} at index {where} is out of range: expected a class "
+                    f"index in [0, {k}) or ignore_index={ignore_index}"
+                )
+        if weight is None:
+            denominator = float(n if ignored is None else n - np.count_nonzero(ignored))
+        else:
+            denominator = float(w[t2 if ignored is None else t2[~ignored]].sum())
     else:
         t2 = np.ascontiguousarray(target, dtype=compute).reshape(n, k)
         denominator = float(n)
@@ -251,7 +283,7 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
         else:
             kern.ce_soft(x2, t2, w, eps, scale, loss_rows, grad, nthreads)
 
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if reduction == "none":
             loss = loss_rows.reshape(x.shape[:-1]).astype(result)
         elif reduction == "sum":
@@ -259,7 +291,7 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
         else:
             loss = result.type(loss_rows.sum() / denominator if denominator else np.nan)
     if want_grad:
-        grad = grad.reshape(x.shape).astype(result, copy=False)
+        grad = _to_result(grad.reshape(x.shape), result)
         return loss, grad
     return loss
 
@@ -315,8 +347,8 @@ class Backend:
     def log_softmax(self, x, axis=-1, *, out=None):
         return log_softmax(x, axis, out=out, backend=self.name)
 
-    def logsumexp(self, x, axis=-1):
-        return logsumexp(x, axis, backend=self.name)
+    def logsumexp(self, x, axis=-1, *, out=None):
+        return logsumexp(x, axis, out=out, backend=self.name)
 
     def cross_entropy(self, logits, target, **options):
         return cross_entropy(logits, target, backend=self.name, **options)

@@ -384,6 +384,28 @@ def winners(cells):
     return out
 
 
+def dispatch_report(cells):
+    """Per cell: the backend a call without ``backend=`` runs, and the measured fastest."""
+    names = set(_registry.KNOWN)
+    lines = []
+    for cell in cells:
+        dims, axis = parse_shape(cell.shape)
+        n, k = int(np.prod(dims)) // dims[axis], dims[axis]
+        chosen = _dispatch.choose(cell.op, cell.dtype, n, k)
+        mine = sorted((r for r in cell.results if r.contender in names), key=lambda r: r.median_s)
+        if not mine:
+            continue
+        best = mine[0]
+        picked = next((r for r in mine if r.contender == chosen), None)
+        verdict = ("the fastest" if chosen == best.contender else
+                   f"{picked.median_s / best.median_s:.2f}x the time of {best.contender}" if picked
+                   else f"not measured; fastest {best.contender}")
+        runner_up = (f"; next {mine[1].contender} at {mine[1].median_s / best.median_s:.2f}x"
+                     if len(mine) > 1 else "")
+        lines.append(f"{cell.op} {cell.shape} {cell.dtype}: runs {chosen} ({verdict}{runner_up})")
+    return lines
+
+
 def save_winners(cells):
     from . import _tuning
 
@@ -401,7 +423,8 @@ def main(argv=None):
     p.add_argument("--dtypes", default=None, help="default float32,float64 (--quick: float32)")
     p.add_argument("--threads", type=int, default=None, help="threads for every contender")
     p.add_argument("--backends", default=None, help="fastsm backends (default: all available)")
-    p.add_argument("--peers", default="torch,scipy,jax", help="peers to include if installed")
+    p.add_argument("--peers", default="torch,scipy,jax",
+                   help="peers to include if installed (torch,scipy,jax; 'none' for none)")
     p.add_argument("--json", metavar="PATH", help="write results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s per shape")
@@ -418,6 +441,9 @@ def main(argv=None):
             parse_shape(s)
         except ValueError as exc:
             p.error(str(exc))
+    peers = [q for q in args.peers.split(",") if q and q != "none"]
+    if set(peers) - set(PEERS):
+        p.error(f"unknown peer(s) {sorted(set(peers) - set(PEERS))}; expected some of {list(PEERS)} or none")
     backends = args.backends.split(",") if args.backends else None
     if backends:
         for b in backends:
@@ -427,19 +453,22 @@ def main(argv=None):
                 p.error(str(exc))
     threads = args.threads or _threads.get_num_threads()
     dtypes = args.dtypes or ("float32" if args.quick else "float32,float64")
-    cells = run(ops, shapes, dtypes.split(","), threads, backends,
-                [q for q in args.peers.split(",") if q], args.quick)
+    cells = run(ops, shapes, dtypes.split(","), threads, backends, peers, args.quick)
     print(f"fastsm bench — {machine_line(threads)}")
     print("median per call; x numpy = NumPy-baseline time / time (higher is faster); "
           "x copy = time / np.copyto time (1 = memory roofline); * = fastest\n")
     print(table(cells))
+    report = dispatch_report(cells)
+    print("\nwithout backend=, fastsm runs (dispatch table or default order; `fastsm tune` measures):")
+    print("\n".join("  " + line for line in report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine_line(threads), "threads": threads,
                        "cells": [asdict(c) for c in cells]}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(f"Machine: {machine_line(threads)}\n\n{table(cells, markdown=True)}\n")
+            f.write(f"Machine: {machine_line(threads)}\n\n{table(cells, markdown=True)}\n\n"
+                    "Without `backend=`, fastsm runs:\n\n" + "".join(f"- {line}\n" for line in report))
     if args.plot:
         plot(cells, args.plot)
     if args.save:

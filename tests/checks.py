@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from . import oracle
+
 RTOL = {np.dtype(np.float32): 3e-6, np.dtype(np.float64): 5e-15, np.dtype(np.float16): 1e-3}
+LOSS_RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13, np.dtype(np.float16): 1e-3}
+GRAD_RTOL = {np.dtype(np.float32): 4e-6, np.dtype(np.float64): 1e-14, np.dtype(np.float16): 1e-3}
 
 
 def _special_positions_match(actual, ref, what):
@@ -26,21 +32,81 @@ def max_rel_error(actual, ref, floor):
     return float(err.max())
 
 
+def conditioning(ref, dtype):
+    """eps * |log p|: the relative error any method working in ``dtype`` inherits from
+    rounding x_i - m (|x_i - m| <= |log p_i|; exp amplifies an absolute error of its
+    argument into the same relative error of its value).  NumPy's own exp(x - max) / sum
+    shows it: 1.5e-14 on float64 logits of scale 30, 4.1e-6 on float32."""
+    with np.errstate(divide="ignore"):
+        return np.finfo(dtype).eps * np.abs(np.log(np.abs(ref)))
+
+
 def assert_probabilities(actual, ref, dtype, what):
-    """Relative error of probabilities; results below the smallest normal count as exact."""
+    """Relative error within RTOL + eps |log p| (see ``conditioning``); results below the
+    smallest normal count as exact."""
     _special_positions_match(actual, ref, what)
     dtype = np.dtype(dtype)
+    ref = np.asarray(ref, np.longdouble)
+    actual = np.asarray(actual, np.longdouble)
     ref_rounded_away = np.abs(ref) < np.finfo(dtype).tiny
     fin = np.isfinite(ref) & ~ref_rounded_away
-    err = max_rel_error(np.where(fin, actual, 0), np.where(fin, ref, 0), np.finfo(dtype).tiny)
-    tiny_err = np.abs(np.asarray(actual, np.longdouble)[ref_rounded_away] - ref[ref_rounded_away])
-    assert err <= RTOL[dtype], f"{what}: max relative error {err:.3g} > {RTOL[dtype]:.0e}"
+    err = np.abs(actual[fin] - ref[fin]) / np.abs(ref[fin])
+    bar = RTOL[dtype] + conditioning(ref[fin], dtype)
+    if err.size:
+        worst = int(np.argmax(err - bar))
+        assert (err <= bar).all(), (
+            f"{what}: relative error {float(err[worst]):.3g} > {float(bar[worst]):.3g} "
+            f"(RTOL {RTOL[dtype]:.0e} + eps |log p|, p = {float(ref[fin][worst]):.3g})")
+    tiny_err = np.abs(actual[ref_rounded_away] - ref[ref_rounded_away])
     assert (tiny_err <= 2 * np.finfo(dtype).tiny).all(), f"{what}: subnormal error"
 
 
+def in_range(ref, dtype):
+    """``ref`` with values beyond ``dtype``'s range replaced by the +-inf they round to
+    (float16: a log-probability below -65504 is -inf there)."""
+    ref = np.asarray(ref)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = ref.astype(dtype)
+    return np.where(np.isfinite(rounded), ref, rounded)
+
+
 def assert_logs(actual, ref, dtype, what):
-    """log-probabilities / log-sum-exp: error relative to max(1, |ref|)."""
+    """log-probabilities / log-sum-exp: error relative to max(1, |ref|), after in_range."""
+    dtype = np.dtype(dtype)
+    ref = in_range(ref, dtype)
     _special_positions_match(actual, ref, what)
     err = max_rel_error(actual, ref, 1.0)
-    dtype = np.dtype(dtype)
     assert err <= RTOL[dtype], f"{what}: max error {err:.3g} > {RTOL[dtype]:.0e} (rel. to max(1,|ref|))"
+
+
+def assert_cross_entropy(loss, grad, logits, target, options, dtype, what):
+    """Loss within LOSS_RTOL of max(1, |ref|); each gradient entry within GRAD_RTOL of the
+    size of the two terms of s * (p * Q - q) it is made of; NaN/inf where the oracle's."""
+    dtype = np.dtype(dtype)
+    ref = in_range(oracle.cross_entropy(logits, target, **options), dtype)
+    assert np.shape(loss) == np.shape(ref), f"{what}: loss shape {np.shape(loss)} != {np.shape(ref)}"
+    loss = np.asarray(loss, np.longdouble)
+    _special_positions_match(loss, ref, f"{what} (loss)")
+    fin = np.isfinite(ref)
+    err = np.abs(loss[fin] - ref[fin])
+    assert (err <= LOSS_RTOL[dtype] * np.maximum(1, np.abs(ref[fin]))).all(), (
+        f"{what}: loss {loss} vs {ref}")
+    if grad is None:
+        return
+    assert grad.dtype == dtype and grad.shape == np.shape(logits), f"{what}: grad dtype/shape"
+    terms_kw = {k: v for k, v in options.items() if k != "reduction"}
+    _, q, big_q, den = oracle.cross_entropy_terms(logits, target, **terms_kw)
+    shape = np.shape(logits)
+    p = oracle.softmax(np.reshape(logits, (math.prod(shape[:-1]), shape[-1])))
+    s = 1 / den if options.get("reduction", "mean") == "mean" and den != 0 else 1
+    with np.errstate(invalid="ignore"):
+        p_err = np.where(p > 0, conditioning(p, dtype) * p, 0)  # p's own rounding term
+        bound = (s * (GRAD_RTOL[dtype] * (p * big_q[:, None] + np.abs(q)) + p_err * big_q[:, None])
+                 + np.finfo(dtype).tiny)
+        bound = np.where(np.isfinite(bound), bound, np.finfo(dtype).tiny)  # NaN rows: exact 0 owed
+    gref = in_range(oracle.cross_entropy_grad(logits, target, **options).reshape(p.shape), dtype)
+    g = grad.reshape(p.shape).astype(np.longdouble)
+    _special_positions_match(g, gref, f"{what} (grad)")
+    fin = np.isfinite(gref)
+    gerr = np.abs(g[fin] - gref[fin])
+    assert (gerr <= bound[fin]).all(), f"{what}: grad error {float(gerr.max()):.3g}"

@@ -132,6 +132,7 @@ CE_BAD = [
     (dict(weight=np.ones(4)), ValueError, r"weight has shape \(4,\); expected \(3,\)"),
     (dict(weight=np.ones(3, complex)), TypeError, "weight has dtype complex128"),
     (dict(ignore_index=1.5), TypeError, r"ignore_index=1.5 \(float\); expected an integer"),
+    (dict(ignore_index=2**63), ValueError, r"ignore_index=9223372036854775808; expected an int64"),
     (dict(logits=np.float64(1.0)), ValueError, "at least 1 dimension"),
 ]
 
@@ -185,3 +186,29 @@ def test_show_config(capsys):
     fastsm.show_config()
     out = capsys.readouterr().out
     assert "backend numpy" in out and "threads" in out
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_logsumexp_out(backend, axis):
+    x = np.random.default_rng(2).standard_normal((5, 7))
+    expected = fastsm.logsumexp(x, axis=axis, backend=backend)
+    shape = expected.shape
+    for out in (np.empty(shape), np.empty(shape + (2,))[..., 0]):  # contiguous, strided
+        result = fastsm.logsumexp(x, axis=axis, out=out, backend=backend)
+        assert result is out
+        np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match=r"out has shape \(3,\); expected"):
+        fastsm.logsumexp(x, axis=axis, out=np.empty(3), backend=backend)
+    x16 = x.astype(np.float16)
+    out16 = np.empty(shape, np.float16)
+    assert fastsm.logsumexp(x16, axis=axis, out=out16, backend=backend) is out16
+    np.testing.assert_array_equal(out16, fastsm.logsumexp(x16, axis=axis, backend=backend))
+
+
+def test_logsumexp_out_inside_its_input(backend):
+    """out is a column of x itself: the result must be computed before it is written."""
+    x = np.random.default_rng(3).standard_normal((6, 6))
+    expected = fastsm.logsumexp(x, axis=1, backend=backend)
+    result = fastsm.logsumexp(x, axis=1, out=x[:, 0], backend=backend)
+    np.testing.assert_array_equal(result, expected)
+    np.testing.assert_array_equal(x[:, 0], expected)

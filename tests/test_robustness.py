@@ -1,0 +1,145 @@
+"""Robustness: hostile input in a subprocess, memory over long runs, missing backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastsm
+
+ROOT = Path(__file__).resolve().parent.parent
+# 500 examples per property take about 40 s here; raise it for a longer hunt.
+FUZZ_EXAMPLES = int(os.environ.get("FASTSM_FUZZ_EXAMPLES", "500"))
+
+
+# ----------------------------------------------------------------------------- fuzz
+def test_fuzz_every_backend_in_a_subprocess(tmp_path):
+    """tests/fuzz.py: a crash in a compiled backend kills its process, not this one."""
+    trace, counts = tmp_path / "trace.txt", tmp_path / "counts.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.fuzz", "--examples", str(FUZZ_EXAMPLES),
+         "--trace", str(trace), "--json", str(counts)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    last = trace.read_text() if trace.exists() else "(none)"
+    assert proc.returncode == 0, (
+        f"fuzz exited with status {proc.returncode} (negative: killed by signal "
+        f"{-proc.returncode}); call in progress: {last}\n{proc.stdout[-2000:]}\n{proc.stderr[-8000:]}")
+    tried = json.loads(counts.read_text())
+    for name in fastsm.backends():
+        checked = tried.get(f"{name} result", 0)
+        raised = sum(n for key, n in tried.items() if key.startswith(f"{name} raised"))
+        # both halves were exercised: valid calls checked against the oracle, bad ones raised
+        assert checked >= FUZZ_EXAMPLES // 4 and raised >= FUZZ_EXAMPLES // 10, tried
+
+
+# ----------------------------------------------------------------------------- memory
+def _memprobe(which):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    proc = subprocess.run([sys.executable, "-m", "tests.memprobe", which], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(report)
+    return report
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self (Linux, glibc)")
+def test_no_memory_growth_over_many_calls():
+    """RSS after 10,000 calls (8x16, serial) / 2,000 calls (64x600, parallel) of every op
+    equals RSS after the warm-up, on every backend (tests/memprobe.py)."""
+    report = _memprobe("growth")
+    # the measurement can fail: keeping 10,000 small results is seen
+    assert report.pop("control") > 4 * 2**20, report
+    assert len(report) == 2 * len(fastsm.backends())
+    for case, grown in report.items():
+        assert grown < 2**20, f"{case}: RSS grew by {grown / 2**20:.2f} MiB"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self (Linux, glibc)")
+def test_softmax_out_has_no_full_size_temporary():
+    """Peak extra RSS of softmax(x, out=buf) is scratch, not a copy of x (tests/memprobe.py)."""
+    report = _memprobe("peak")
+    for dtype in ("float32", "float64"):
+        nbytes = report[f"nbytes {dtype}"]
+        # the measurement can fail: a full-size temporary is seen
+        assert report[f"control {dtype}"] >= 0.9 * nbytes, report
+        for name in fastsm.backends():
+            assert report[f"{name} {dtype}"] < nbytes / 8, (name, dtype, report)
+
+
+# ----------------------------------------------------------------------------- fallbacks
+_BLOCKER = """
+import json, sys, warnings
+class _Blocker:
+    def find_spec(self, name, path=None, target=None):
+        for blocked in {blocked!r}:
+            if name == blocked or name.startswith(blocked + "."):
+                raise {error}(f"{{name}} blocked by the test")
+sys.meta_path.insert(0, _Blocker())
+caught = warnings.catch_warnings(record=True)
+log = caught.__enter__()
+warnings.simplefilter("always")
+"""
+
+
+def _python(blocked, body, error="ImportError", env=None):
+    code = _BLOCKER.format(blocked=blocked, error=error) + textwrap.dedent(body)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FASTSM_")}
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=environ)
+
+
+_USE_EVERYTHING = """
+import numpy as np
+import fastsm
+x = np.random.default_rng(0).standard_normal((50, 7))
+t = np.arange(50) % 7
+results = [fastsm.softmax(x), fastsm.log_softmax(x), fastsm.logsumexp(x),
+           fastsm.cross_entropy(x, t), fastsm.cross_entropy_with_grad(x, t)[1]]
+for name in fastsm.backends():
+    fastsm.softmax(x, backend=name)
+fastsm.show_config()
+print(json.dumps({"backends": fastsm.backends(), "default": fastsm.get_backend().name,
+                  "finite": all(bool(np.isfinite(r).all()) for r in results),
+                  "warnings": [str(w.message) for w in log if w.category is RuntimeWarning]}))
+"""
+
+
+@pytest.mark.parametrize("blocked, error, left", [
+    (["numba"], "ImportError", ["cython", "numpy"]),
+    (["numba"], "RuntimeError", ["cython", "numpy"]),  # broken, not missing
+    (["fastsm.kernels.cython_kernels"], "ImportError", ["numba", "numpy"]),
+    (["numba", "fastsm.kernels.cython_kernels"], "ImportError", ["numpy"]),
+], ids=["no-numba", "broken-numba", "no-extension", "numpy-only"])
+def test_missing_backend_leaves_the_rest_working(blocked, error, left):
+    proc = _python(blocked, _USE_EVERYTHING, error)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["backends"] == left and report["default"] == left[0]
+    assert report["finite"]
+    assert len(report["warnings"]) == 1, report["warnings"]  # said once, however many calls
+    message = report["warnings"][0]
+    for name in {"numba": "numba", "fastsm.kernels.cython_kernels": "cython"}.values():
+        if name not in left:
+            assert f"{name}:" in message and error in message, message
+    assert "available: False" in proc.stdout  # show_config lists it, with the reason
+
+
+def test_forced_backend_that_is_missing_fails_clearly():
+    proc = _python(["numba"], """
+        import numpy as np, fastsm
+        try:
+            fastsm.softmax(np.zeros((2, 3)))
+        except ImportError as exc:
+            print("raised:", exc)
+        """, env={"FASTSM_BACKEND": "numba"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "raised: backend 'numba' is not available: ImportError" in proc.stdout, proc.stdout
