@@ -395,14 +395,9 @@ def dispatch_report(cells):
         mine = sorted((r for r in cell.results if r.contender in names), key=lambda r: r.median_s)
         if not mine:
             continue
-        best = mine[0]
-        picked = next((r for r in mine if r.contender == chosen), None)
-        verdict = ("the fastest" if chosen == best.contender else
-                   f"{picked.median_s / best.median_s:.2f}x the time of {best.contender}" if picked
-                   else f"not measured; fastest {best.contender}")
-        runner_up = (f"; next {mine[1].contender} at {mine[1].median_s / best.median_s:.2f}x"
-                     if len(mine) > 1 else "")
-        lines.append(f"{cell.op} {cell.shape} {cell.dtype}: runs {chosen} ({verdict}{runner_up})")
+        times = ", ".join(f"{r.contender} {r.median_s / mine[0].median_s:.2f}" for r in mine)
+        lines.append(f"{cell.op} {cell.shape} {cell.dtype}: runs {chosen} "
+                     f"(time / fastest: {times})")
     return lines
 
 
