@@ -84,3 +84,16 @@ def test_tutorial_example(backend):
     # the tutorial's exp(x)/sum(exp(x)) overflows here; fastsm does not
     big = fastsm.softmax(np.array([1000.0, 999.0], dtype=np.float32), backend=backend)
     np.testing.assert_allclose(big, [0.7310586, 0.26894143], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, axis", [((600, 200), 0), ((3, 300, 100), 1), ((2, 130, 70), -2)])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_non_last_axis_tiled_copy(backend, shape, axis, dtype):
+    """Big enough for the front's tiled transpose (_contiguous_rows); k not a tile multiple."""
+    x = values(shape, "normal", dtype, seed=7)
+    compute = np.float32 if dtype == np.float16 else dtype
+    for op, check in (("softmax", assert_probabilities), ("log_softmax", assert_logs),
+                      ("logsumexp", assert_logs)):
+        result = _run(op, backend, x, axis)
+        assert result.dtype == dtype
+        check(result, getattr(oracle, op)(x.astype(compute), axis), dtype, f"{backend} {op} {shape}")
