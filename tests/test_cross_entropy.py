@@ -181,3 +181,19 @@ def test_zero_classes(backend):
                                     backend=backend) == 0.0
     with pytest.raises(ValueError, match=r"target value 0 at index 0 is out of range"):
         fastsm.cross_entropy(np.zeros((2, 0)), np.array([0, 0]), backend=backend)
+
+
+@pytest.mark.parametrize("case", ["zero-weights", "all-ignored"])
+def test_zero_total_weight_matches_torch(backend, case):
+    """mean over a zero total weight: loss NaN; gradient NaN, or 0 on ignored samples."""
+    torch = _torch()
+    x = np.random.default_rng(4).standard_normal((3, 4))
+    target = np.array([0, 1, 2]) if case == "zero-weights" else np.full(3, -100)
+    weight = np.zeros(4) if case == "zero-weights" else None
+    loss, grad = fastsm.cross_entropy_with_grad(x, target, weight=weight, backend=backend)
+    xt = torch.tensor(x, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(
+        xt, torch.tensor(target), weight=None if weight is None else torch.tensor(weight))
+    ref.backward()
+    np.testing.assert_array_equal(loss, ref.item())  # both NaN
+    np.testing.assert_array_equal(grad, xt.grad.numpy())  # NaN where torch has NaN, 0 where 0
