@@ -43,6 +43,14 @@ def _dtypes(dt: np.dtype, what: str):
     )
 
 
+def _integer(name, value):
+    """``value`` as a Python int, or a TypeError naming the parameter and the value."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}={value!r} ({type(value).__name__}); expected an integer") from None
+
+
 _choice_cache: dict = {}
 
 
@@ -66,11 +74,7 @@ def _as_rows(x, axis, what="x"):
     """Validate ``x``/``axis``; return (x, compute, result, ax, moved, x2) with x2 (n, K)."""
     x = np.asarray(x)
     compute, result = _dtypes(x.dtype, what)
-    try:
-        axis = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"axis={axis!r} ({type(axis).__name__}); expected an integer") from None
-    ax = normalize_axis_index(axis, x.ndim)
+    ax = normalize_axis_index(_integer("axis", axis), x.ndim)
     moved = x if ax == x.ndim - 1 else np.moveaxis(x, ax, -1)
     k = moved.shape[-1]
     n = moved.size // k if k else int(np.prod(moved.shape[:-1]))
@@ -245,11 +249,7 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing={label_smoothing!r}; expected a value in [0, 1]")
-    try:
-        ignore_index = operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"ignore_index={ignore_index!r} ({type(ignore_index).__name__}); "
-                        "expected an integer") from None
+    ignore_index = _integer("ignore_index", ignore_index)
     if not -2**63 <= ignore_index < 2**63:
         raise ValueError(f"ignore_index={ignore_index}; expected an int64 value")
     k = x.shape[-1]

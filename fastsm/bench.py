@@ -368,31 +368,34 @@ def plot(cells, path):
     fig.savefig(path, dpi=110)
 
 
+def _backend_results(cell):
+    """The fastsm backends' results of a cell, fastest first (peers and copy left out)."""
+    return sorted((r for r in cell.results if r.contender in _registry.KNOWN),
+                  key=lambda r: r.median_s)
+
+
 def winners(cells):
     """{(op, dtype, bucket): backend} from measured cells: the fastest fastsm backend."""
     out = {}
-    names = set(_registry.KNOWN)
     for cell in cells:
         dims, axis = parse_shape(cell.shape)
         if axis != -1:
             continue
         n, k = int(np.prod(dims[:-1])), dims[-1]
-        mine = [r for r in cell.results if r.contender in names]
+        mine = _backend_results(cell)
         if mine:
-            best = min(mine, key=lambda r: r.median_s)
-            out[(cell.op, cell.dtype, _dispatch.bucket(n, k))] = best.contender
+            out[(cell.op, cell.dtype, _dispatch.bucket(n, k))] = mine[0].contender
     return out
 
 
 def dispatch_report(cells):
     """Per cell: the backend a call without ``backend=`` runs, and the measured fastest."""
-    names = set(_registry.KNOWN)
     lines = []
     for cell in cells:
         dims, axis = parse_shape(cell.shape)
         n, k = int(np.prod(dims)) // dims[axis], dims[axis]
         chosen = _dispatch.choose(cell.op, cell.dtype, n, k)
-        mine = sorted((r for r in cell.results if r.contender in names), key=lambda r: r.median_s)
+        mine = _backend_results(cell)
         if not mine:
             continue
         times = ", ".join(f"{r.contender} {r.median_s / mine[0].median_s:.2f}" for r in mine)

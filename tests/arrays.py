@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+import fastsm
+from fastsm.bench import OPS  # the five public ops, in one place
+
 SHAPES = [(1,), (7,), (3, 1), (1, 5), (6, 13), (4, 5, 6), (2, 3, 2, 5), (33, 130)]
 EMPTY_SHAPES = [(0,), (5, 0), (0, 5), (2, 0, 3)]
 VALUE_FAMILIES = ("normal", "large", "huge_negative", "masked", "special_rows")
@@ -64,3 +67,10 @@ def cases(dtype):
             for name, arr in layouts(base):
                 for axis in range(arr.ndim):
                     yield f"{shape}-{family}-{name}-axis{axis}", arr, axis
+
+
+def call_op(backend, op, x, target):
+    """``op`` (one of OPS) on ``backend``; the cross-entropies also take ``target``."""
+    if op.startswith("cross"):
+        return getattr(fastsm, op)(x, target, backend=backend)
+    return getattr(fastsm, op)(x, backend=backend)

@@ -95,7 +95,7 @@ def assert_cross_entropy(loss, grad, logits, target, options, dtype, what):
         return
     assert grad.dtype == dtype and grad.shape == np.shape(logits), f"{what}: grad dtype/shape"
     terms_kw = {k: v for k, v in options.items() if k != "reduction"}
-    _, q, big_q, den = oracle.cross_entropy_terms(logits, target, **terms_kw)
+    _, q, big_q, den, _ = oracle.cross_entropy_terms(logits, target, **terms_kw)
     shape = np.shape(logits)
     p = oracle.softmax(np.reshape(logits, (math.prod(shape[:-1]), shape[-1])))
     s = 1 / den if options.get("reduction", "mean") == "mean" and den != 0 else 1

@@ -68,16 +68,9 @@ def logsumexp(x, axis=-1):
     return out.reshape(moved.shape[:-1])
 
 
-def _ignored_rows(target, logits_shape, options):
-    target = np.asarray(target)
-    n = int(np.prod(logits_shape[:-1]))
-    if target.shape == tuple(logits_shape) and target.dtype.kind == "f":
-        return np.zeros(n, bool)
-    return target.reshape(n).astype(np.int64) == options.get("ignore_index", -100)
-
-
 def cross_entropy_terms(logits, target, weight=None, ignore_index=-100, label_smoothing=0.0):
-    """(per-sample loss, q, Q, mean denominator) straight from the torch definitions."""
+    """(per-sample loss, q, Q, mean denominator, ignored rows) straight from the torch
+    definitions."""
     x = np.asarray(logits).astype(LD)
     k = x.shape[-1]
     n = int(np.prod(x.shape[:-1]))
@@ -106,11 +99,11 @@ def cross_entropy_terms(logits, target, weight=None, ignore_index=-100, label_sm
     if k:  # no usable logit: NaN even where q is 0 (as torch); no classes: an empty sum, 0
         loss[_special_rows(x2)] = np.nan
     loss[ignored] = 0
-    return loss, q, q.sum(axis=1), denominator
+    return loss, q, q.sum(axis=1), denominator, ignored
 
 
 def cross_entropy(logits, target, reduction="mean", **options):
-    loss, _, _, denominator = cross_entropy_terms(logits, target, **options)
+    loss, _, _, denominator, _ = cross_entropy_terms(logits, target, **options)
     if reduction == "none":
         return loss.reshape(np.asarray(logits).shape[:-1])
     if reduction == "sum":
@@ -121,12 +114,12 @@ def cross_entropy(logits, target, reduction="mean", **options):
 
 def cross_entropy_grad(logits, target, reduction="mean", **options):
     x = np.asarray(logits)
-    loss, q, big_q, denominator = cross_entropy_terms(logits, target, **options)
+    loss, q, big_q, denominator, ignored = cross_entropy_terms(logits, target, **options)
     p = softmax(x.reshape(int(np.prod(x.shape[:-1])), x.shape[-1]).astype(LD), axis=-1)
     scale = LD(1)
     if reduction == "mean":  # a zero total weight: 0/0 like the loss (torch: NaN too)
         scale = LD(1) / denominator if denominator != 0 else LD(np.inf)
     with np.errstate(invalid="ignore"):
         grad = scale * (p * big_q[:, None] - q)
-    grad[_ignored_rows(target, x.shape, options)] = 0  # masked out, whatever the scale
+    grad[ignored] = 0  # masked out, whatever the scale
     return grad.reshape(x.shape)

@@ -6,20 +6,13 @@ import numpy as np
 
 import fastsm
 
-
-OPS = ("softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_with_grad")
+from .arrays import OPS, call_op
 
 
 def _problem():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3000, 40)).astype(np.float32)  # above the parallel threshold
     return x, rng.integers(0, 40, 3000)
-
-
-def _call(backend, op, x, t):
-    if op.startswith("cross"):
-        return getattr(fastsm, op)(x, t, backend=backend)
-    return getattr(fastsm, op)(x, backend=backend)
 
 
 def _same(a, b):
@@ -34,7 +27,7 @@ def test_every_op_on_every_backend_from_8_threads_at_once():
     single-threaded one (rows are split across threads, never computed differently)."""
     x, t = _problem()
     jobs = [(b, op) for b in fastsm.backends() for op in OPS]
-    expected = {job: _call(*job, x, t) for job in jobs}
+    expected = {job: call_op(*job, x, t) for job in jobs}
     errors = []
     old = fastsm.get_num_threads()
 
@@ -46,7 +39,7 @@ def test_every_op_on_every_backend_from_8_threads_at_once():
                 for job in order:
                     if seed == 0:
                         fastsm.set_num_threads(1 + (round_ + len(job[1])) % 2)
-                    assert _same(_call(*job, x, t), expected[job]), job
+                    assert _same(call_op(*job, x, t), expected[job]), job
         except Exception as exc:  # collected: assertion errors in threads are otherwise lost
             errors.append(exc)
 

@@ -50,34 +50,26 @@ if not os.environ.get("NUMBA_THREADING_LAYER"):
 
 
 # ------------------------------------------------------------------ bit casts and exp
+# The other number with the same bits: int32 <-> float32, int64 <-> float64.
+_BIT_TWINS = {
+    types.int32: (types.float32, ir.FloatType()),
+    types.int64: (types.float64, ir.DoubleType()),
+    types.float32: (types.int32, ir.IntType(32)),
+    types.float64: (types.int64, ir.IntType(64)),
+}
+
+
 @intrinsic
-def _bits_to_float(typingctx, bits):
-    if bits == types.int32:
-        sig, lltype = types.float32(types.int32), ir.FloatType()
-    elif bits == types.int64:
-        sig, lltype = types.float64(types.int64), ir.DoubleType()
-    else:
+def _reinterpret_bits(typingctx, value):
+    """``value``'s bits read as the same-width number of the other kind (a bit cast)."""
+    if value not in _BIT_TWINS:
         return None
+    twin, lltype = _BIT_TWINS[value]
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], lltype)
 
-    return sig, codegen
-
-
-@intrinsic
-def _float_to_bits(typingctx, value):
-    if value == types.float32:
-        sig, lltype = types.int32(types.float32), ir.IntType(32)
-    elif value == types.float64:
-        sig, lltype = types.int64(types.float64), ir.IntType(64)
-    else:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], lltype)
-
-    return sig, codegen
+    return twin(value), codegen
 
 
 @intrinsic
@@ -135,7 +127,7 @@ def _exp32(x):
     t = x * _LOG2E32 + _MAGIC32
     n = t - _MAGIC32
     # numba widens int32 arithmetic to int64: narrow back so the bit cast is 32-bit
-    ni = np.int32(_float_to_bits(t) - _MAGICBITS32)
+    ni = np.int32(_reinterpret_bits(t) - _MAGICBITS32)
     r = x - n * _LN2HI32
     r = r - n * _LN2LO32
     c = _C32
@@ -149,8 +141,8 @@ def _exp32(x):
     p = p * r + c[7]
     n1 = np.int32(ni >> _ONE32)
     n2 = np.int32(ni - n1)
-    s1 = _bits_to_float(np.int32((n1 + _BIAS32) << _SHIFT32))
-    s2 = _bits_to_float(np.int32((n2 + _BIAS32) << _SHIFT32))
+    s1 = _reinterpret_bits(np.int32((n1 + _BIAS32) << _SHIFT32))
+    s2 = _reinterpret_bits(np.int32((n2 + _BIAS32) << _SHIFT32))
     return p * s1 * s2
 
 
@@ -159,7 +151,7 @@ def _exp64(x):
     x = _LO64 if _LO64 > x else x
     t = x * _LOG2E64 + _MAGIC64
     n = t - _MAGIC64
-    ni = _float_to_bits(t) - _MAGICBITS64
+    ni = _reinterpret_bits(t) - _MAGICBITS64
     r = x - n * _LN2HI64
     r = r - n * _LN2LO64
     p = 1.0 / 6227020800.0
@@ -178,8 +170,8 @@ def _exp64(x):
     p = p * r + 1.0
     n1 = ni >> _ONE64
     n2 = ni - n1
-    s1 = _bits_to_float((n1 + _BIAS64) << _SHIFT64)
-    s2 = _bits_to_float((n2 + _BIAS64) << _SHIFT64)
+    s1 = _reinterpret_bits((n1 + _BIAS64) << _SHIFT64)
+    s2 = _reinterpret_bits((n2 + _BIAS64) << _SHIFT64)
     return p * s1 * s2
 
 
@@ -210,11 +202,11 @@ def _row_max(x, lo, hi):
     then at memory speed)."""
     _wide_vectors()
     xs = x[lo:hi]
-    best = _order_key(_float_to_bits(xs[0]))
+    best = _order_key(_reinterpret_bits(xs[0]))
     for j in range(1, xs.size):
-        key = _order_key(_float_to_bits(xs[j]))
+        key = _order_key(_reinterpret_bits(xs[j]))
         best = key if key > best else best
-    return _bits_to_float(_order_key(best))
+    return _reinterpret_bits(_order_key(best))
 
 
 def _exp(x):
