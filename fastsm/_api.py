@@ -15,7 +15,7 @@ import operator
 
 import numpy as np
 
-from . import _dispatch, _registry, _threads
+from . import _dispatch, _parallel, _registry
 
 try:
     from numpy.lib.array_utils import normalize_axis_index
@@ -51,18 +51,9 @@ def _integer(name, value):
         raise TypeError(f"{name}={value!r} ({type(value).__name__}); expected an integer") from None
 
 
-_choice_cache: dict = {}
-
-
 def _kernels(backend, op: str, dtype: np.dtype, n: int, k: int):
     if backend is None:
-        key = (op, dtype.num, n, k)
-        mod = _choice_cache.get(key)
-        if mod is None:
-            if len(_choice_cache) > 4096:  # shapes seen by a long-running process
-                _choice_cache.clear()
-            mod = _choice_cache[key] = _registry.load(_dispatch.choose(op, dtype.name, n, k))
-        return mod
+        return _dispatch.kernels_for(op, dtype, n, k)
     if not isinstance(backend, str):
         backend = getattr(backend, "name", backend)
         if not isinstance(backend, str):
@@ -136,7 +127,8 @@ def _elementwise(op, x, axis, out, backend):
             n, k = x.shape
             res = np.empty((n, k), dt)
             if n and k:
-                getattr(_kernels(backend, op, dt, n, k), op)(x, res, _threads.get_num_threads())
+                mod = _kernels(backend, op, dt, n, k)
+                _parallel.run(mod, op, dt, n, k, getattr(mod, op), x, res)
             return res
     x, compute, result, ax, moved, x2 = _as_rows(x, axis)
     n, k = x2.shape
@@ -149,12 +141,13 @@ def _elementwise(op, x, axis, out, backend):
             direct = om.__array_interface__["data"][0] == x2.__array_interface__["data"][0]
         if direct:
             if n and k:
-                getattr(_kernels(backend, op, compute, n, k), op)(
-                    x2, om.reshape(n, k), _threads.get_num_threads())
+                mod = _kernels(backend, op, compute, n, k)
+                _parallel.run(mod, op, compute, n, k, getattr(mod, op), x2, om.reshape(n, k))
             return out
     res = np.empty((n, k), compute)
     if n and k:
-        getattr(_kernels(backend, op, compute, n, k), op)(x2, res, _threads.get_num_threads())
+        mod = _kernels(backend, op, compute, n, k)
+        _parallel.run(mod, op, compute, n, k, getattr(mod, op), x2, res)
     res = res.reshape(moved.shape)
     if out is not None:
         _to_result(res, result, om)
@@ -205,7 +198,8 @@ def logsumexp(x, axis=-1, *, out=None, backend=None):
     if k == 0:
         res.fill(-np.inf)
     elif n:
-        _kernels(backend, "logsumexp", compute, n, k).logsumexp(x2, res, _threads.get_num_threads())
+        mod = _kernels(backend, "logsumexp", compute, n, k)
+        _parallel.run(mod, "logsumexp", compute, n, k, mod.logsumexp, x2, res)
     if out is None:
         return _to_result(res.reshape(shape), result)
     if not direct:
@@ -300,13 +294,14 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
     else:
         scale = 1.0
     if n and k:
-        kern = _kernels(backend, "cross_entropy_with_grad" if want_grad else "cross_entropy",
-                        compute, n, k)
-        nthreads = _threads.get_num_threads()
+        op = "cross_entropy_with_grad" if want_grad else "cross_entropy"
+        mod = _kernels(backend, op, compute, n, k)
         if kind == "index":
-            kern.ce_index(x2, t2, w, ignore_index, eps, scale, loss_rows, grad, nthreads)
+            _parallel.run(mod, op, compute, n, k, mod.ce_index, x2, t2, w, ignore_index, eps,
+                          scale, loss_rows, grad)
         else:
-            kern.ce_soft(x2, t2, w, eps, scale, loss_rows, grad, nthreads)
+            _parallel.run(mod, op, compute, n, k, mod.ce_soft, x2, t2, w, eps, scale, loss_rows,
+                          grad)
 
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if reduction == "none":

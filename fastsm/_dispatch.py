@@ -17,6 +17,7 @@ from . import _registry
 _forced = None
 _table = None          # {(op, dtype_name, bucket): backend name}
 _fallback = None
+_modules: dict = {}    # (op, dtype num, n, k) -> kernel module: the choice, cached per shape
 
 
 def _env_backend():
@@ -39,9 +40,7 @@ def reset() -> None:
     """Forget cached choices (after tune(), or when FASTSM_BACKEND changed)."""
     global _forced, _table, _fallback
     _forced = _table = _fallback = None
-    from . import _api
-
-    _api._choice_cache.clear()
+    _modules.clear()
 
 
 def _load_state():
@@ -69,3 +68,14 @@ def default_backend() -> str:
     if _table is None:
         _load_state()
     return _forced or _fallback
+
+
+def kernels_for(op: str, dtype, n: int, k: int):
+    """The kernel module that runs ``op`` on (n, k) ``dtype`` data when no backend is named."""
+    key = (op, dtype.num, n, k)
+    mod = _modules.get(key)
+    if mod is None:
+        if len(_modules) > 4096:  # shapes seen by a long-running process
+            _modules.clear()
+        mod = _modules[key] = _registry.load(choose(op, dtype.name, n, k))
+    return mod

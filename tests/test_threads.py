@@ -64,3 +64,25 @@ def test_thread_count_changes_between_calls(backend):
             np.testing.assert_array_equal(fastsm.softmax(x, backend=backend), p_ref)
     finally:
         fastsm.set_num_threads(old)
+
+
+def test_8_callers_of_a_large_softmax_at_once_get_the_single_call_answer(backend):
+    """8 Python threads (Dask's threaded scheduler, a web server) each call softmax
+    512x32000 at the same moment: the controller gives extra threads only from free cores,
+    so most run serially, and every answer is bitwise the lone call's.  (Wall time against
+    the same calls made one after another: `fastsm bench --contention`.)"""
+    x = np.random.default_rng(8).standard_normal((512, 32000)).astype(np.float32)
+    expected = fastsm.softmax(x, backend=backend)
+    results = [None] * 8
+    start = threading.Barrier(8)
+
+    def caller(i):
+        start.wait()
+        results[i] = fastsm.softmax(x, backend=backend)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(r is not None and np.array_equal(r, expected) for r in results)

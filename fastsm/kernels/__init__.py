@@ -5,6 +5,11 @@ float32 or float64 array of shape ``(n, K)`` with ``n >= 1`` and ``K >= 1``; eve
 C-contiguous, of the right shape and dtype, and may alias ``x`` exactly (never partially).
 Kernels never allocate outputs and never check indices a second time.
 
+Each module also names itself (``NAME``) and says from how many elements its own threads
+may pay (``MIN_PARALLEL``, or None for a serial-only backend).  ``nthreads`` is the
+front's decision (``fastsm/_parallel.py``: adaptive, within the process's core budget,
+1 in a child forked after native threads ran); a kernel uses at most that many threads.
+
     softmax(x, out, nthreads)              out[r, c] = exp(x[r, c] - lse_r)
     log_softmax(x, out, nthreads)          out[r, c] = x[r, c] - lse_r
     logsumexp(x, out, nthreads)            out[r]    = lse_r              (out: shape (n,))

@@ -6,9 +6,11 @@ Design
 - The front has validated everything (see fastsm/kernels/__init__.py); these entry points
   take ``const`` typed memoryviews (read-only input works), release the GIL and hand
   contiguous row ranges to the C row kernels in rowops.c, where the vectorised loops live.
-- Threads: ``prange(..., schedule='static')`` over one row range per thread, so each
-  thread streams its own contiguous slab; problems under ``_MIN_PARALLEL`` elements run on
-  the calling thread (an OpenMP fork/join costs more than a 64x128 softmax).
+- Threads: ``prange(..., schedule='dynamic')`` over row chunks of ~64k elements (see
+  ``_CHUNK_ELEMENTS``); problems under ``_MIN_PARALLEL`` elements run on the calling thread
+  (an OpenMP fork/join costs more than a 64x128 softmax).  How many threads a call gets
+  is the front's choice (fastsm/_parallel.py); this module never starts a team for
+  ``nthreads=1``, which is what a forked child is given.
 - Per-thread scratch lives on each thread's stack inside the C kernels (short-row blocks
   of 2048 elements), so nothing here allocates.
 - One def entry per kernel with a fused (float/double) memoryview signature.
@@ -59,6 +61,7 @@ NAME = "cython"
 # Measured on the 2-core machine: below ~32k elements one thread beats two (fork/join
 # and cache-line traffic dominate); see the closing note of the cython issue.
 cdef Py_ssize_t _MIN_PARALLEL = 1 << 15
+MIN_PARALLEL = _MIN_PARALLEL  # for the front's thread controller (fastsm/_parallel.py)
 
 
 cdef inline int _threads_for(Py_ssize_t n, Py_ssize_t k, int nthreads) noexcept nogil:
@@ -86,21 +89,37 @@ cdef inline void _rows3(int which, const real *x, real *out, Py_ssize_t r0, Py_s
             fsm_logsumexp_f64(x, out, r0, r1, k)
 
 
+# Rows are claimed in chunks of ~64k elements (schedule="dynamic"), not one slab per
+# thread: a thread descheduled by another program then delays one chunk, not half the
+# call.  4096x1000 float32 softmax, 2 threads, medians of 60 interleaved calls: idle static
+# 1.66-1.68 ms, chunks of 16k/64k/256k elements 1.58-1.60/1.55-1.60/1.57-1.62 ms; beside a
+# 2-thread torch loop static 6.07-6.18, 64k chunks 5.93-6.09 (serial 8.06-8.43).
+cdef Py_ssize_t _CHUNK_ELEMENTS = 1 << 16
+
+
+cdef inline Py_ssize_t _chunk_rows(Py_ssize_t n, Py_ssize_t k, int nt) noexcept nogil:
+    cdef Py_ssize_t per = (n + nt - 1) // nt
+    cdef Py_ssize_t rows = _CHUNK_ELEMENTS // k
+    if rows < 1:
+        rows = 1
+    return rows if rows < per else per
+
+
 cdef void _run3(int which, const real *x, real *out, Py_ssize_t n, Py_ssize_t k,
                 int nthreads) noexcept nogil:
     cdef int nt = _threads_for(n, k, nthreads)
-    cdef Py_ssize_t t, per, r0, r1
+    cdef Py_ssize_t c, per, r0, r1, nchunks
     if nt == 1:
         _rows3(which, x, out, 0, n, k)
         return
-    per = (n + nt - 1) // nt
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        r0 = t * per
+    per = _chunk_rows(n, k, nt)
+    nchunks = (n + per - 1) // per
+    for c in prange(nchunks, num_threads=nt, schedule="dynamic"):
+        r0 = c * per
         r1 = r0 + per
         if r1 > n:
             r1 = n
-        if r0 < r1:
-            _rows3(which, x, out, r0, r1, k)
+        _rows3(which, x, out, r0, r1, k)
 
 
 def softmax(const real[:, ::1] x, real[:, ::1] out, int nthreads=1):
@@ -143,7 +162,7 @@ def ce_index(const real[:, ::1] x, const int64_t[::1] target, const double[::1] 
              int64_t ignore_index, double smoothing, double scale, double[::1] loss,
              real[:, ::1] grad, int nthreads=1):
     """Per-row cross-entropy against class indices; see fastsm/kernels/__init__.py."""
-    cdef Py_ssize_t n = x.shape[0], k = x.shape[1], t, per, r0, r1
+    cdef Py_ssize_t n = x.shape[0], k = x.shape[1], c, per, r0, r1
     cdef real *g = NULL if grad is None else &grad[0, 0]
     cdef int nt = _threads_for(n, k, nthreads)
     with nogil:
@@ -151,9 +170,9 @@ def ce_index(const real[:, ::1] x, const int64_t[::1] target, const double[::1] 
             _ce_index_rows(&x[0, 0], &target[0], &weight[0], ignore_index, smoothing, scale,
                            &loss[0], g, 0, n, k)
         else:
-            per = (n + nt - 1) // nt
-            for t in prange(nt, num_threads=nt, schedule="static"):
-                r0 = t * per
+            per = _chunk_rows(n, k, nt)
+            for c in prange((n + per - 1) // per, num_threads=nt, schedule="dynamic"):
+                r0 = c * per
                 r1 = r0 + per
                 if r1 > n:
                     r1 = n
@@ -166,7 +185,7 @@ def ce_soft(const real[:, ::1] x, const real[:, ::1] target, const double[::1] w
             double smoothing, double scale, double[::1] loss, real[:, ::1] grad,
             int nthreads=1):
     """Per-row cross-entropy against probabilities; see fastsm/kernels/__init__.py."""
-    cdef Py_ssize_t n = x.shape[0], k = x.shape[1], t, per, r0, r1
+    cdef Py_ssize_t n = x.shape[0], k = x.shape[1], c, per, r0, r1
     cdef real *g = NULL if grad is None else &grad[0, 0]
     cdef int nt = _threads_for(n, k, nthreads)
     with nogil:
@@ -174,9 +193,9 @@ def ce_soft(const real[:, ::1] x, const real[:, ::1] target, const double[::1] w
             _ce_soft_rows(&x[0, 0], &target[0, 0], &weight[0], smoothing, scale, &loss[0], g,
                           0, n, k)
         else:
-            per = (n + nt - 1) // nt
-            for t in prange(nt, num_threads=nt, schedule="static"):
-                r0 = t * per
+            per = _chunk_rows(n, k, nt)
+            for c in prange((n + per - 1) // per, num_threads=nt, schedule="dynamic"):
+                r0 = c * per
                 r1 = r0 + per
                 if r1 > n:
                     r1 = n

@@ -18,9 +18,12 @@ Design
   tile and exp runs once over the contiguous tile, since a 10-element loop never reaches
   the vector body.  Rows are walked in L1-sized tiles, each finished (scaled, logged)
   while in L1; one kernel driver (``_tiled``) with one finisher per op.
-- Each kernel exists twice, serial and ``parallel=True``; calls under ``_MIN_PARALLEL``
+- Each kernel exists twice, serial and ``parallel=True``; calls under ``MIN_PARALLEL``
   elements take the serial one (a parallel launch costs more than a 64x128 softmax).
-  Compilation is lazy (first call per dtype), so ``import fastsm`` compiles nothing.
+  Compilation is lazy (first call per dtype), so ``import fastsm`` compiles nothing, and
+  cached on disk (``cache=True``, serial and parallel kernels alike), so a new process
+  loads instead of compiling; the first call per signature holds an inter-process lock
+  (``_first_call_lock``).  The thread count is the front's (``fastsm/_parallel.py``).
 - Threading layer: 'threadsafe' (omp or tbb) unless the user chose one; if only the
   workqueue layer is available, calls are serialised by a lock, since workqueue aborts on
   concurrent parallel launches.  ``numba.set_num_threads`` is thread-local, so it is
@@ -29,8 +32,10 @@ Design
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from types import FunctionType
 
 import numba
 import numpy as np
@@ -40,8 +45,13 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
+try:
+    import fcntl
+except ImportError:  # Windows: no inter-process lock around the first compile
+    fcntl = None
+
 NAME = "numba"
-_MIN_PARALLEL = 1 << 15
+MIN_PARALLEL = 1 << 15
 _SHORT_K = 32
 _TILE = 4096  # elements per tile of rows: its input and output stay in L1
 
@@ -320,26 +330,41 @@ def _row_stats(xf, ef, r0, r1, k, store, ms, ss, scratch):
 
 
 # ------------------------------------------------------------------ kernels (flat views)
-def _tiled(finish):
-    """A kernel: per prange block, per L1-sized tile of rows, the row stats and then
+def _tiled_rows(xf, ef, n, k, store, aux, nblocks, rows_per):
+    """Per prange block, per L1-sized tile of rows, the row stats and then
     ``finish(xf, ef, k, t0, t1, ms, ss, aux)`` for those rows while they are in L1.
 
     ``ef`` receives the exponentials when ``store`` (softmax output, CE gradient).  Stats
     for all of a block's rows first and a second pass after them wrote the whole output
     twice through memory (4096x1000 float32, 1 thread: 2.35 -> 1.92 ms).  The prange body
-    asks for wide vectors itself: Numba outlines it into a function of its own."""
+    asks for wide vectors itself: Numba outlines it into a function of its own.
+    A template: ``_tiled`` gives each kernel its own ``finish``."""
+    for b in prange(nblocks):
+        _wide_vectors()
+        tile, ms, ss, scratch = _workspace(xf, k)
+        r1 = min(n, b * rows_per + rows_per)
+        for t0 in range(b * rows_per, r1, tile):
+            t1 = min(r1, t0 + tile)
+            _row_stats(xf, ef, t0, t1, k, store, ms, ss, scratch)
+            finish(xf, ef, k, t0, t1, ms, ss, aux)  # noqa: F821 (a global of each copy)
 
-    def kernel(xf, ef, n, k, store, aux, nblocks, rows_per):
-        for b in prange(nblocks):
-            _wide_vectors()
-            tile, ms, ss, scratch = _workspace(xf, k)
-            r1 = min(n, b * rows_per + rows_per)
-            for t0 in range(b * rows_per, r1, tile):
-                t1 = min(r1, t0 + tile)
-                _row_stats(xf, ef, t0, t1, k, store, ms, ss, scratch)
-                finish(xf, ef, k, t0, t1, ms, ss, aux)
 
-    return kernel
+def _tiled(finish, parallel):
+    """``_tiled_rows`` jitted with ``finish`` as its finisher, serial or parallel.
+
+    ``finish`` is a global of the copy, not a closure cell: Numba's on-disk cache keys a
+    closure by a pickle of its cells, which differs in every process (the cache was written
+    and never read).  Cache files are named after qualname and line, and the key holds
+    neither the finisher nor the parallel flag: each copy gets its own name."""
+    op = finish.py_func.__name__.replace("_finish_", "")
+    name = f"_{op}_{'parallel' if parallel else 'serial'}"
+    kernel = FunctionType(_tiled_rows.__code__, dict(globals(), finish=finish), name)
+    kernel.__qualname__ = name
+    options = dict(fastmath={"contract"}, nogil=True, error_model="numpy", parallel=parallel)
+    try:
+        return njit(cache=True, **options)(kernel)
+    except RuntimeError:  # no writable cache directory: compile in every process instead
+        return njit(**options)(kernel)
 
 
 # Finishers: rows t0..t1 with max ms[i - t0] and exp-sum ss[i - t0].  Inner loops index
@@ -435,17 +460,15 @@ def _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, gf,
             grow[y] -= _like(xf, scale * keep * wy)
 
 
-def _pair(impl):
-    """(serial, parallel) jitted versions of one kernel, compiled lazily."""
-    fm = {"contract"}
-    return (njit(fastmath=fm, nogil=True, error_model="numpy")(impl),
-            njit(parallel=True, fastmath=fm, nogil=True, error_model="numpy")(impl))
+def _pair(finish):
+    """(serial, parallel) kernels finishing rows with ``finish``, compiled lazily."""
+    return _tiled(finish, False), _tiled(finish, True)
 
 
-_SOFTMAX = _pair(_tiled(_finish_softmax))
-_LOG_SOFTMAX = _pair(_tiled(_finish_log_softmax))
-_LOGSUMEXP = _pair(_tiled(_finish_logsumexp))
-_CE = _pair(_tiled(_finish_ce))
+_SOFTMAX = _pair(_finish_softmax)
+_LOG_SOFTMAX = _pair(_finish_log_softmax)
+_LOGSUMEXP = _pair(_finish_logsumexp)
+_CE = _pair(_finish_ce)
 
 _layer_lock = None  # a Lock when only the (thread-unsafe) workqueue layer is usable
 _init_lock = threading.Lock()
@@ -469,8 +492,13 @@ def _init_threading():
 
 def _plan(n, k, nthreads):
     """(0 serial / 1 parallel, number of row blocks, rows per block): one block per thread;
-    each block walks its rows in L1-sized tiles."""
-    if nthreads < 2 or n < 2 or n * k < _MIN_PARALLEL:
+    each block walks its rows in L1-sized tiles.
+
+    Rejected, measured (4096x1000 float32, 2 threads, medians of 60 interleaved calls):
+    blocks of ~64k elements claimed one by one (``set_parallel_chunksize(1)``, as the
+    cython backend's dynamic chunks) cost idle time, softmax 2.18-2.43 ms vs 2.08-2.22 ms,
+    and gained nothing clear beside a 2-thread torch loop (6.78-7.65 vs 7.20-7.58 ms)."""
+    if nthreads < 2 or n < 2 or n * k < MIN_PARALLEL:
         return 0, 1, n
     if not _initialised:
         _init_threading()
@@ -481,28 +509,79 @@ def _plan(n, k, nthreads):
     return 1, -(-n // rows_per), rows_per
 
 
-def _call(pair, n, k, nthreads, *args):
-    which, nblocks, rows_per = _plan(n, k, nthreads)
+_compile_lock = threading.Lock()
+_ready: set = set()  # (kernel, dtype, variant) compiled or loaded from the cache here
+
+
+@contextlib.contextmanager
+def _first_call_lock(kernel):
+    """Held around a kernel's first call per signature in this process: that call compiles
+    and writes Numba's cache, or reads it.  Numba writes each cache entry as two files; two
+    processes compiling the same kernel at once can leave a mismatched pair that crashes the
+    next reader (numba#10128, #4807).  An flock on the cache directory makes the processes
+    take turns: the first compiles and saves, the others then load."""
+    with _compile_lock:
+        directory = getattr(getattr(kernel, "_cache", None), "_cache_path", None)
+        fd = None
+        if directory and fcntl is not None:
+            try:
+                fd = os.open(os.path.join(directory, "fastsm-compile.lock"),
+                             os.O_CREAT | os.O_RDWR, 0o666)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # read-only or odd file system: compile without the lock
+                if fd is not None:
+                    os.close(fd)
+                fd = None
+        try:
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)  # closing releases the flock
+
+
+def _launch(kernel, which, args):
     if which == 1 and _layer_lock is not None:
         with _layer_lock:
-            return pair[1](*args, nblocks, rows_per)
-    return pair[which](*args, nblocks, rows_per)
+            kernel(*args)
+    else:
+        kernel(*args)
+
+
+def _call(pair, variant, n, k, nthreads, *args):
+    which, nblocks, rows_per = _plan(n, k, nthreads)
+    kernel = pair[which]
+    key = (id(kernel), args[0].dtype.num, variant)
+    if key in _ready:
+        _launch(kernel, which, args + (nblocks, rows_per))
+        return
+    with _first_call_lock(kernel):
+        _launch(kernel, which, args + (nblocks, rows_per))
+    _ready.add(key)
+
+
+def _after_fork_in_child():
+    global _compile_lock
+    _compile_lock = threading.Lock()  # a parent thread may have held it at fork time
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def softmax(x, out, nthreads=1):
     n, k = x.shape
-    _call(_SOFTMAX, n, k, nthreads, x.reshape(-1), out.reshape(-1), n, k, True, ())
+    _call(_SOFTMAX, 0, n, k, nthreads, x.reshape(-1), out.reshape(-1), n, k, True, ())
 
 
 def log_softmax(x, out, nthreads=1):
     n, k = x.shape
-    _call(_LOG_SOFTMAX, n, k, nthreads, x.reshape(-1), out.reshape(-1), n, k, False, ())
+    _call(_LOG_SOFTMAX, 0, n, k, nthreads, x.reshape(-1), out.reshape(-1), n, k, False, ())
 
 
 def logsumexp(x, out, nthreads=1):
     n, k = x.shape
     # out doubles as the (unused, store=False) exponential target: same writable type
-    _call(_LOGSUMEXP, n, k, nthreads, x.reshape(-1), out, n, k, False, out)
+    _call(_LOGSUMEXP, 0, n, k, nthreads, x.reshape(-1), out, n, k, False, out)
 
 
 _NO_GRAD = {np.dtype(np.float32): np.empty(1, np.float32),
@@ -516,7 +595,7 @@ def _ce(x, target, soft, weight, ignore_index, smoothing, scale, loss, grad, nth
     eps = float(smoothing)
     aux = (target, soft, weight, np.int64(ignore_index), eps / k, 1.0 - eps,
            float(np.sum(weight)), float(scale), loss, has_grad)
-    _call(_CE, n, k, nthreads, x.reshape(-1), gf, n, k, has_grad, aux)
+    _call(_CE, (soft, has_grad), n, k, nthreads, x.reshape(-1), gf, n, k, has_grad, aux)
 
 
 def ce_index(x, target, weight, ignore_index, smoothing, scale, loss, grad, nthreads=1):
@@ -532,4 +611,4 @@ def info() -> dict:
     return {"numba": numba.__version__, "threading_layer": layer,
             "max_threads": numba.config.NUMBA_NUM_THREADS,
             "exp": "own vectorised exp (bit-cast intrinsic; no SVML)",
-            "parallel_threshold_elements": _MIN_PARALLEL}
+            "parallel_threshold_elements": MIN_PARALLEL}

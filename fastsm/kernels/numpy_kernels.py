@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 NAME = "numpy"
+MIN_PARALLEL = None  # serial only: the front never asks for threads
 _BLOCK_ELEMS = 1 << 17
 
 
