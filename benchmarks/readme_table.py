@@ -1,10 +1,11 @@
-"""Put the softmax rows and the dispatch lines of benchmarks/results/quick.md into README.md.
+"""Put generated benchmark results into README.md, between markers, never typed by hand.
 
     python -m fastsm bench --quick --markdown benchmarks/results/quick.md --plot benchmarks/results/quick.png
+    python -m fastsm bench --contention --markdown benchmarks/results/contention.md
     python benchmarks/readme_table.py
 
-The README's table is this file's output, never typed by hand: it replaces the text between
-the ``<!-- bench-excerpt -->`` markers.
+- ``<!-- bench-excerpt -->``: the softmax rows and dispatch lines of quick.md;
+- ``<!-- contention-excerpt -->``: the summary lines of contention.md (busy / idle / callers).
 """
 
 import re
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-START, END = "<!-- bench-excerpt:start -->", "<!-- bench-excerpt:end -->"
+RESULTS = ROOT / "benchmarks/results"
 
 
 def excerpt(markdown: str, op: str = "softmax") -> str:
@@ -24,15 +25,28 @@ def excerpt(markdown: str, op: str = "softmax") -> str:
                       *dispatch])
 
 
-def main(results=ROOT / "benchmarks/results/quick.md", readme=ROOT / "README.md"):
+def contention_summary(markdown: str) -> str:
+    lines = markdown.strip("`\n").splitlines()
+    keep = [ln for ln in lines[:2]] + [""] + [
+        ln for ln in lines if ln.startswith(("busy ", "idle ", "8 callers", "note:"))]
+    return "```\n" + "\n".join(keep) + "\n```"
+
+
+BLOCKS = {"bench-excerpt": (RESULTS / "quick.md", excerpt),
+          "contention-excerpt": (RESULTS / "contention.md", contention_summary)}
+
+
+def main(readme=ROOT / "README.md"):
     text = Path(readme).read_text()
-    if START not in text or END not in text:
-        sys.exit(f"{readme} lacks the {START} / {END} markers")
-    block = excerpt(Path(results).read_text())
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END),
-                 lambda _: f"{START}\n{block}\n{END}", text, flags=re.S)
-    Path(readme).write_text(new)
-    print(f"{readme}: table from {results}")
+    for name, (results, make) in BLOCKS.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start not in text or end not in text:
+            sys.exit(f"{readme} lacks the {start} / {end} markers")
+        block = make(Path(results).read_text())
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end),
+                      lambda _: f"{start}\n{block}\n{end}", text, flags=re.S)
+        print(f"{readme}: {name} from {results}")
+    Path(readme).write_text(text)
 
 
 if __name__ == "__main__":

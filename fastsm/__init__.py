@@ -20,9 +20,17 @@ from ._api import (
 )
 from ._config import show_config
 from ._threads import get_num_threads, set_num_threads
-from ._tuning import tune
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # tune() lives with the benchmark it runs; importing that stays off `import fastsm`
+    if name == "tune":
+        from .bench import tune
+
+        return tune
+    raise AttributeError(f"module 'fastsm' has no attribute {name!r}")
 
 __all__ = [
     "Backend",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import _registry, _threads
+from . import _parallel, _registry, _threads
 
 
 def config() -> dict:
@@ -17,6 +17,7 @@ def config() -> dict:
         "numpy": np.__version__,
         "threads": _threads.get_num_threads(),
         "usable_cpus": _threads.usable_cpus(),
+        "threading": _threading_line(),
         "backends": {},
     }
     for name in _registry.KNOWN:
@@ -31,10 +32,19 @@ def config() -> dict:
     return info
 
 
+def _threading_line() -> str:
+    if not _parallel.native_allowed():
+        return ("serial: this process was forked after fastsm's threads ran, and an OpenMP "
+                "team would hang here (spawn/forkserver workers keep their threads)")
+    return ("adaptive: a backend's own threads (OpenMP, Numba) when they are measured to "
+            "pay, else 1; extra threads only from cores no other fastsm call holds; "
+            "serial in a child forked after they ran")
+
+
 def show_config() -> None:
     """Print versions, thread settings and, per backend, availability and exp path."""
     info = config()
-    for key in ("python", "platform", "numpy", "threads", "usable_cpus"):
+    for key in ("python", "platform", "numpy", "threads", "usable_cpus", "threading"):
         print(f"{key:>12}: {info[key]}")
     for name, entry in info["backends"].items():
         print(f"backend {name}:")

@@ -8,12 +8,14 @@ Design
 - Adaptive, because the machine is shared.  With another program busy on both cores, an
   OpenMP team of 2 waits at its barrier for a descheduled thread and spins while it waits:
   4096x1000 float32 softmax took 10.7 ms on 2 threads against 4.0 ms on 1 (torch loop
-  beside it).  So per (backend, op, dtype, shape class) the controller keeps the last three
-  times per element of each engine, runs the faster one, and now and then probes the
-  other: every 4 calls at first, the interval doubling (to 128) while the choice holds and
-  resetting whenever it flips; a probe replaces the probed engine's older
-  samples, so one probe can flip the choice.  The running engine's own slowdown shows at
-  once; only a recovery needs a probe.  Idle cost: one serial call in 128 at steady state.
+  beside it).  So per (backend, op, dtype, shape class) the controller keeps the last five
+  times per element of each engine, runs the faster one (the other must be 10% faster by
+  median to take over: under load single calls spread by 40% and more), and now and then
+  probes the other: every 4 calls at first, the interval doubling (to 128) while the choice
+  holds and resetting whenever it flips; a probe replaces the probed engine's older samples,
+  so one clear probe can flip the choice.  The running engine's own slowdown shows within
+  three calls; only a recovery needs a probe.  Idle cost: one serial call in 128 at steady
+  state.
 - Many callers: a process-wide count of cores taken by fastsm calls in flight.  A call
   gets extra threads only from the cores no other fastsm call holds (8 Python threads at
   once run 8 serial calls, not 8 teams of 2), so fastsm never oversubscribes by itself.
@@ -31,6 +33,7 @@ Design
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -39,7 +42,8 @@ from collections import deque
 from . import _threads
 
 SERIAL, NATIVE = 1, 2
-_SAMPLES = 3          # recent times kept per engine (median of 3: one outlier does not flip it)
+_SAMPLES = 5          # recent times kept per engine (median: one outlier does not flip it)
+_SWITCH = 0.9         # the other engine must be this much faster (time ratio) to take over
 _FIRST_PROBE = 4      # calls before the first probe of the other engine
 _MAX_INTERVAL = 128   # probe at least once per this many calls
 
@@ -48,18 +52,20 @@ _cores_taken = 0          # cores held by fastsm calls in flight (caller + extra
 _native_started = False   # this process has run a native parallel region
 _forked_after_native = False
 _stats: dict = {}
+_adaptive = True          # False: always the requested team (benchmarks show what that costs)
 
 
 class _Choice:
     """Per (backend, op, dtype, shape class): recent seconds per element of each engine."""
 
-    __slots__ = ("samples", "countdown", "interval", "last_best", "warm")
+    __slots__ = ("samples", "countdown", "interval", "last_best", "warm", "runs")
 
     def __init__(self):
         self.samples = {SERIAL: deque(maxlen=_SAMPLES), NATIVE: deque(maxlen=_SAMPLES)}
         self.countdown = self.interval = _FIRST_PROBE
         self.last_best = NATIVE
         self.warm = False  # first native call (thread start-up, JIT) is not a sample
+        self.runs = {SERIAL: 0, NATIVE: 0}  # calls made with each engine (for state())
 
     def median(self, engine):
         s = self.samples[engine]
@@ -72,7 +78,10 @@ class _Choice:
             return NATIVE, False
         if serial is None:  # start: warm-up, two native samples, then one serial
             return (NATIVE, False) if len(self.samples[NATIVE]) < 2 else (SERIAL, True)
-        best = NATIVE if native <= serial else SERIAL
+        current = self.last_best
+        other = SERIAL if current == NATIVE else NATIVE
+        # hysteresis: under load single calls spread by 40%+; switch on a clear lead only
+        best = other if self.median(other) < _SWITCH * self.median(current) else current
         if best != self.last_best:  # overturned (by a probe or by its own samples): re-check soon
             self.last_best = best
             self.countdown = self.interval = _FIRST_PROBE
@@ -84,6 +93,7 @@ class _Choice:
         return (SERIAL if best == NATIVE else NATIVE), True
 
     def record(self, engine, seconds_per_element, probe):
+        self.runs[engine] += 1
         if engine == NATIVE and not self.warm:
             self.warm = True
             return
@@ -109,8 +119,11 @@ def run(mod, op: str, dtype, n: int, k: int, kernel, *args):
         if choice is None:
             choice = _stats[key] = _Choice()
         free = _threads.usable_cpus() - _cores_taken - 1   # cores beyond the caller's own
-        nt = min(want, n, 1 + max(0, free))
-        engine, probe = choice.pick() if nt > 1 else (SERIAL, False)
+        nt = min(want, n, 1 + max(0, free)) if _adaptive else min(want, n)
+        if not _adaptive:
+            engine, probe = NATIVE, False
+        else:
+            engine, probe = choice.pick() if nt > 1 else (SERIAL, False)
         if engine == SERIAL:
             nt = 1
         _cores_taken += nt
@@ -123,9 +136,21 @@ def run(mod, op: str, dtype, n: int, k: int, kernel, *args):
     finally:
         with _lock:
             _cores_taken -= nt
-    if nt == 1 or nt == want:  # a team cut short by other callers is not a native sample
+    if _adaptive and (nt == 1 or nt == want):  # a team cut short by callers: no sample
         with _lock:
             choice.record(engine, elapsed / (n * k), probe)
+
+
+@contextlib.contextmanager
+def fixed_threads():
+    """Within: every parallel-sized call runs the full team, no controller, no core budget
+    (fastsm before adaptive threads; for benchmarks).  Forked children stay serial."""
+    global _adaptive
+    _adaptive = False
+    try:
+        yield
+    finally:
+        _adaptive = True
 
 
 def reset() -> None:
@@ -143,7 +168,8 @@ def state() -> dict:
             table[f"{backend} {op} {dtype_num}:{cls}"] = {
                 "serial_ns_per_element": None if s is None else round(s * 1e9, 3),
                 "native_ns_per_element": None if p is None else round(p * 1e9, 3),
-                "probe_interval": c.interval}
+                "probe_interval": c.interval,
+                "calls_serial": c.runs[SERIAL], "calls_native": c.runs[NATIVE]}
         return {"native_threads": "off in this forked child" if _forked_after_native else "adaptive",
                 "cores_taken_now": _cores_taken, "measured": table}
 

@@ -1,8 +1,9 @@
 """The winners table: which backend is fastest per (op, dtype, shape bucket).
 
 A built-in default ships with fastsm (measured on the project's reference machine, see
-``_BUILTIN``); ``fastsm.tune()`` measures this machine and stores its own table as JSON in
-the user's cache directory, which then overrides the built-in one.
+``_BUILTIN``); ``fastsm.tune()`` (in ``fastsm.bench``, which measures) stores this
+machine's own table here as JSON in the user's cache directory, which then overrides the
+built-in one.  This module only stores and loads.
 """
 
 from __future__ import annotations
@@ -58,14 +59,3 @@ def save_table(table: dict, machine: str) -> Path:
     tmp.write_text(json.dumps({"machine": machine, "winners": entries}, indent=1))
     tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return path
-
-
-def tune(quick: bool = True) -> Path:
-    """Measure every backend on this machine and store the per-shape winners.
-
-    Runs the benchmark grid (``fastsm bench --save``); later calls without ``backend=``
-    use the stored table.  Returns the path of the stored table."""
-    from . import bench
-
-    cells = bench.run(quick=quick, peers=(), progress=False)
-    return bench.save_winners(cells)[0]

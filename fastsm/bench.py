@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import _api, _dispatch, _registry, _threads
+from . import _api, _dispatch, _registry, _threads, _tuning
 
 OPS = ("softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_with_grad")
 DEFAULT_SHAPES = ("4096x1000", "512x32000", "65536x10", "64x128", "1000x512@0")
@@ -37,6 +38,11 @@ class Cell:
     threads: int
     results: list = field(default_factory=list)
 
+    @property
+    def noise(self) -> float:
+        """The cell's spread between rounds: the median contender's."""
+        return float(np.median([r.spread for r in self.results]))
+
 
 @dataclass
 class Result:
@@ -48,6 +54,7 @@ class Result:
     vs_copy: float = math.nan       # this time / copy time (1: at the memory roofline)
     error: float = math.nan
     fastest: bool = False
+    spread: float = math.nan        # (75th - 25th percentile) / median of the rounds
 
 
 def parse_shape(text: str):
@@ -229,6 +236,60 @@ def contenders(op, x, axis, target, backends, peers, threads):
     return found
 
 
+# ----------------------------------------------------------------------------- noise
+def relative_spread(samples) -> float:
+    """Interquartile range over median: 0.02 on a quiet machine, 0.2+ when something else
+    competes for the cores or the memory bus."""
+    q1, med, q3 = np.percentile(samples, [25, 50, 75])
+    return float((q3 - q1) / med) if med > 0 else math.nan
+
+
+class LoadMeter:
+    """How many CPUs other processes kept busy while we measured: the machine's busy time
+    (``/proc/stat``, hypervisor steal included) minus this process's own CPU time, over the
+    wall time.  Where ``/proc/stat`` is missing, the 1-minute load average taken before the
+    run stands in (it cannot tell our threads from others', hence 'before')."""
+
+    BUSY = 0.25  # other processes' CPUs above which a run is called busy
+
+    def __enter__(self):
+        self.load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc):
+        wall0, own0, busy0 = self._start
+        wall1, own1, busy1 = self._sample()
+        if busy0 is None or busy1 is None:
+            self.other_cpus = self.load_before
+        else:
+            self.other_cpus = max(0.0, ((busy1 - busy0) - (own1 - own0)) / (wall1 - wall0))
+        return False
+
+    @staticmethod
+    def _sample():
+        t = os.times()
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:]]
+            idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)   # idle + iowait
+            busy = (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # up to steal
+        except (OSError, ValueError, IndexError):
+            busy = None
+        return time.monotonic(), t.user + t.system, busy
+
+    def verdict(self, cells) -> str:
+        """One line: was this a quiet run?  Figures from a busy one are not idle figures."""
+        spread = float(np.median([c.noise for c in cells])) if cells else math.nan
+        busy = self.other_cpus > self.BUSY or spread > 0.10
+        what = (f"other processes kept {self.other_cpus:.2f} of {_threads.usable_cpus()} CPUs "
+                f"busy; median spread between rounds {spread:.0%}")
+        if busy:
+            return (f"BUSY MACHINE: {what}. These are not idle-machine figures; "
+                    "`fastsm bench --contention` measures under load on purpose.")
+        return f"quiet machine: {what}."
+
+
 # ----------------------------------------------------------------------------- runner
 def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rng):
     dims, axis = parse_shape(shape_text)
@@ -257,7 +318,8 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
     cell = Cell(op, shape_text, np.dtype(dtype).name, threads)
     med = {name: float(np.median(s)) for name, s in samples.items()}
     for name in fns:
-        res = Result(name, med[name], first[name], nbytes / med[name] / 1e9)
+        res = Result(name, med[name], first[name], nbytes / med[name] / 1e9,
+                     spread=relative_spread(samples[name]))
         res.vs_numpy = med["numpy-baseline"] / med[name]
         res.vs_copy = med[name] / med["copy"]
         if name != "copy":
@@ -279,18 +341,19 @@ def run(ops=OPS, shapes=DEFAULT_SHAPES, dtypes=("float32", "float64"), threads=N
     cells = []
     todo = [(op, s, d) for d in dtypes for s in shapes for op in ops]
     try:
-        for i, (op, shape, dtype) in enumerate(todo):
-            if progress:
-                print(f"\r[{i + 1}/{len(todo)}] {op} {shape} {dtype}".ljust(70), end="",
-                      file=sys.stderr, flush=True)
-            cell = run_cell(op, shape, dtype, backends, peers, threads, reps, budget, rng)
-            if cell is not None:
-                cells.append(cell)
+        with LoadMeter() as meter:
+            for i, (op, shape, dtype) in enumerate(todo):
+                if progress:
+                    print(f"\r[{i + 1}/{len(todo)}] {op} {shape} {dtype}".ljust(70), end="",
+                          file=sys.stderr, flush=True)
+                cell = run_cell(op, shape, dtype, backends, peers, threads, reps, budget, rng)
+                if cell is not None:
+                    cells.append(cell)
     finally:
         _threads.set_num_threads(old)
         if progress:
             print("\r".ljust(72) + "\r", end="", file=sys.stderr, flush=True)
-    return cells
+    return cells, meter
 
 
 # ----------------------------------------------------------------------------- output
@@ -375,16 +438,35 @@ def _backend_results(cell):
 
 
 def winners(cells):
-    """{(op, dtype, bucket): backend} from measured cells: the fastest fastsm backend."""
+    """Per (op, dtype, bucket) measured: (backend to record or None, why).
+
+    A backend other than the default one (the registry's first) is recorded only when its
+    lead over the default is beyond the noise of both: time ratio - 1 > max(5%, twice the
+    larger spread between rounds).  A busy neighbour otherwise writes its noise into the
+    table (it once made the NumPy baseline 'beat' cython)."""
+    default = _registry.available()[0]
     out = {}
     for cell in cells:
         dims, axis = parse_shape(cell.shape)
         if axis != -1:
             continue
-        n, k = int(np.prod(dims[:-1])), dims[-1]
         mine = _backend_results(cell)
-        if mine:
-            out[(cell.op, cell.dtype, _dispatch.bucket(n, k))] = mine[0].contender
+        if not mine:
+            continue
+        key = (cell.op, cell.dtype, _dispatch.bucket(int(np.prod(dims[:-1])), dims[-1]))
+        best = mine[0]
+        base = next((r for r in mine if r.contender == default), None)
+        if best.contender == default or base is None:
+            out[key] = (None, f"{best.contender} fastest (default)")
+            continue
+        lead = base.median_s / best.median_s - 1
+        margin = max(0.05, 2 * max(best.spread, base.spread))
+        if lead > margin:
+            out[key] = (best.contender, f"{best.contender} {lead:.0%} ahead of {default} "
+                                        f"(noise {margin:.0%})")
+        else:
+            out[key] = (None, f"{best.contender} {lead:.0%} ahead of {default}, within "
+                              f"noise {margin:.0%}: not recorded")
     return out
 
 
@@ -404,13 +486,34 @@ def dispatch_report(cells):
     return lines
 
 
-def save_winners(cells):
-    from . import _tuning
-
-    table_ = winners(cells)
+def save_winners(cells, meter=None, out=None):
+    """Store the recorded winners as this machine's table; print what changed and why."""
+    out = out or sys.stdout
+    decided = winners(cells)
+    table_ = {key: name for key, (name, _) in decided.items() if name}
+    old = _tuning.load_table()
     path = _tuning.save_table(table_, machine_line(cells[0].threads if cells else 1))
     _dispatch.reset()
+    if meter is not None:
+        print(meter.verdict(cells), file=out)
+    for key, (name, why) in sorted(decided.items()):
+        before, after = old.get(key), table_.get(key)
+        mark = "=" if before == after else ("+" if before is None else
+                                             "-" if after is None else "~")
+        change = "" if before == after else f"  [{before or 'default'} -> {after or 'default'}]"
+        print(f"  {mark} {' '.join(key)}: {why}{change}", file=out)
+    print(f"saved {len(table_)} dispatch entries to {path}", file=out)
     return path, table_
+
+
+def tune(quick: bool = True, progress: bool = True):
+    """Measure every backend on this machine and store the per-shape winners.
+
+    Runs the benchmark grid (``fastsm bench --quick --save``), shows progress, prints what
+    it changed, and records a winner only if its lead is beyond the measured noise; later
+    calls without ``backend=`` use the stored table.  Returns the path of the table."""
+    cells, meter = run(quick=quick, peers=(), progress=progress)
+    return save_winners(cells, meter)[0]
 
 
 def main(argv=None):
@@ -428,6 +531,10 @@ def main(argv=None):
     p.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s per shape")
     p.add_argument("--save", action="store_true",
                    help="store the measured winners as this machine's dispatch table")
+    p.add_argument("--contention", action="store_true",
+                   help="measure idle, beside a busy 2-thread process, in a forked worker "
+                        "and with 8 callers at once (default: softmax and "
+                        "cross_entropy_with_grad, 4096x1000 float32)")
     args = p.parse_args(argv)
     ops = [o for o in args.ops.split(",") if o]
     bad = [o for o in ops if o not in OPS]
@@ -450,8 +557,10 @@ def main(argv=None):
             except (ValueError, ImportError) as exc:
                 p.error(str(exc))
     threads = args.threads or _threads.get_num_threads()
+    if args.contention:
+        return _contention_main(args, threads)
     dtypes = args.dtypes or ("float32" if args.quick else "float32,float64")
-    cells = run(ops, shapes, dtypes.split(","), threads, backends, peers, args.quick)
+    cells, meter = run(ops, shapes, dtypes.split(","), threads, backends, peers, args.quick)
     print(f"fastsm bench — {machine_line(threads)}")
     print("median per call; x numpy = NumPy-baseline time / time (higher is faster); "
           "x copy = time / np.copyto time (1 = memory roofline); * = fastest\n")
@@ -459,6 +568,7 @@ def main(argv=None):
     report = dispatch_report(cells)
     print("\nwithout backend=, fastsm runs (dispatch table or default order; `fastsm tune` measures):")
     print("\n".join("  " + line for line in report))
+    print("\n" + meter.verdict(cells))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine_line(threads), "threads": threads,
@@ -470,6 +580,26 @@ def main(argv=None):
     if args.plot:
         plot(cells, args.plot)
     if args.save:
-        path, tbl = save_winners(cells)
-        print(f"\nsaved {len(tbl)} dispatch entries to {path}")
+        print()
+        save_winners(cells)
+    return 0
+
+
+def _contention_main(args, threads):
+    from . import loadbench
+
+    ops = args.ops.split(",") if args.ops != ",".join(OPS) else ("softmax",
+                                                                "cross_entropy_with_grad")
+    shape = args.shapes.split(",")[0] if args.shapes else "4096x1000"
+    dtype = (args.dtypes or "float32").split(",")[0]
+    result = loadbench.run(ops, shape, dtype, threads, rounds=15 if args.quick else 80,
+                           callers_rounds=3 if args.quick else 7)
+    text = loadbench.report(result)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("```\n" + text + "\n```\n")
     return 0

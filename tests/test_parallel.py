@@ -56,6 +56,14 @@ def _feed(choice, times, calls):
     return picks
 
 
+def test_a_lead_within_the_hysteresis_does_not_flip_the_choice():
+    c = _Choice()
+    picks = _feed(c, {NATIVE: 1.0, SERIAL: 0.95}, 200)      # serial 5% faster: not enough
+    assert picks[-100:].count(NATIVE) > 95
+    picks = _feed(c, {NATIVE: 1.0, SERIAL: 0.8}, 200)       # 20% faster: takes over
+    assert picks[-100:].count(SERIAL) > 95
+
+
 def test_native_wins_idle_and_serial_is_probed_ever_more_rarely():
     c = _Choice()
     picks = _feed(c, {NATIVE: 1.0, SERIAL: 2.0}, 600)
@@ -69,8 +77,8 @@ def test_load_flips_to_serial_at_once_and_a_probe_brings_native_back():
     c = _Choice()
     _feed(c, {NATIVE: 1.0, SERIAL: 2.0}, 300)               # idle: native, long interval
     busy = _feed(c, {NATIVE: 5.0, SERIAL: 2.5}, 40)         # a neighbour takes the cores
-    assert busy[:2] == [NATIVE, NATIVE] and busy[2] == SERIAL  # two slow samples flip it
-    assert busy[2:].count(NATIVE) <= 3                       # then probes 4, 8, 16 calls apart
+    assert busy[:4] == [NATIVE] * 3 + [SERIAL]               # three slow samples flip it
+    assert busy[3:].count(NATIVE) <= 3                       # then probes 4, 8, 16 calls apart
     idle = _feed(c, {NATIVE: 1.0, SERIAL: 2.0}, 200)        # the neighbour is gone
     first_native = idle.index(NATIVE)
     assert first_native < 40                                 # the next probe finds it
