@@ -109,9 +109,11 @@ def _shape_class(n: int, k: int) -> int:
 def run(mod, op: str, dtype, n: int, k: int, kernel, *args):
     """``kernel(*args, nthreads)`` with the thread count chosen here (see the design above)."""
     global _cores_taken, _native_started
-    want = _threads.get_num_threads()
     threshold = mod.MIN_PARALLEL
-    if threshold is None or want < 2 or n < 2 or n * k < threshold or _forked_after_native:
+    if threshold is None or n * k < threshold or n < 2 or _forked_after_native:
+        return kernel(*args, 1)  # the small-call path: keep it to these tests
+    want = _threads.get_num_threads()
+    if want < 2:
         return kernel(*args, 1)
     key = (mod.NAME, op, dtype.num, _shape_class(n, k))
     with _lock:
