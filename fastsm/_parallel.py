@@ -73,16 +73,16 @@ class _Choice:
 
     def pick(self):
         """(engine, whether this call is a probe of the engine not running)."""
-        native, serial = self.median(NATIVE), self.median(SERIAL)
-        if not self.warm or native is None:  # (other callers may have forced serial calls)
+        med = {NATIVE: self.median(NATIVE), SERIAL: self.median(SERIAL)}
+        if not self.warm or med[NATIVE] is None:  # (other callers may have forced serial)
             return NATIVE, False
-        if serial is None:  # start: warm-up, two native samples, then one serial
+        if med[SERIAL] is None:  # start: warm-up, two native samples, then one serial
             return (NATIVE, False) if len(self.samples[NATIVE]) < 2 else (SERIAL, True)
         current = self.last_best
         other = SERIAL if current == NATIVE else NATIVE
         # hysteresis: under load single calls spread by 40%+; switch on a clear lead only
-        best = other if self.median(other) < _SWITCH * self.median(current) else current
-        if best != self.last_best:  # overturned (by a probe or by its own samples): re-check soon
+        best = other if med[other] < _SWITCH * med[current] else current
+        if best != current:  # overturned (by a probe or by its own samples): re-check soon
             self.last_best = best
             self.countdown = self.interval = _FIRST_PROBE
         self.countdown -= 1
@@ -120,14 +120,14 @@ def run(mod, op: str, dtype, n: int, k: int, kernel, *args):
         choice = _stats.get(key)
         if choice is None:
             choice = _stats[key] = _Choice()
-        free = _threads.usable_cpus() - _cores_taken - 1   # cores beyond the caller's own
-        nt = min(want, n, 1 + max(0, free)) if _adaptive else min(want, n)
-        if not _adaptive:
-            engine, probe = NATIVE, False
-        else:
+        if _adaptive:
+            free = _threads.usable_cpus() - _cores_taken - 1  # cores beyond the caller's own
+            nt = min(want, n, 1 + max(0, free))
             engine, probe = choice.pick() if nt > 1 else (SERIAL, False)
-        if engine == SERIAL:
-            nt = 1
+            if engine == SERIAL:
+                nt = 1
+        else:
+            nt, engine, probe = min(want, n), NATIVE, False
         _cores_taken += nt
         if nt > 1:
             _native_started = True
