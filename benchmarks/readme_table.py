@@ -21,8 +21,9 @@ def excerpt(markdown: str, op: str = "softmax") -> str:
     header = [ln for ln in lines if ln.startswith("| op |") or ln.startswith("|---")][:2]
     rows = [ln for ln in lines if ln.startswith(f"| {op} |")]
     dispatch = [ln for ln in lines if ln.startswith(f"- {op} ")]
+    verdict = [ln for ln in lines if ln.startswith(("quiet machine", "BUSY MACHINE"))]
     return "\n".join([lines[0], "", *header, *rows, "", "Without `backend=`, fastsm runs:", "",
-                      *dispatch])
+                      *dispatch, "", *verdict])
 
 
 def contention_summary(markdown: str) -> str:
