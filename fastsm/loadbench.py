@@ -270,12 +270,15 @@ def report(result) -> str:
     idle = result["phases"].get("idle", {})
     share = result.get("native_share", {})
     for op, res in busy.items():
-        mine, one, torch_t = res["fastsm"], res["fastsm 1 thread"], res.get("torch", nan3)
+        mine, one = res["fastsm"], res["fastsm 1 thread"]
+        if "torch" in res:
+            vs_torch = (f"torch / fastsm = {res['torch'][0] / mine[0]:.2f} (median), "
+                        f"{res['torch'][2] / mine[2]:.2f} (mean) (bar > 1)")
+        else:
+            vs_torch = "torch not installed"
         lines.append(f"busy {op}: default call / its 1-thread time = {mine[0] / one[0]:.2f} "
-                     f"(median), {mine[2] / one[2]:.2f} (mean) (bar 1.3); torch / fastsm = "
-                     f"{torch_t[0] / mine[0]:.2f} (median), {torch_t[2] / mine[2]:.2f} (mean) "
-                     f"(bar > 1); own threads in "
-                     f"{share.get('busy', {}).get(op, float('nan')):.0%} of calls")
+                     f"(median), {mine[2] / one[2]:.2f} (mean) (bar 1.3); {vs_torch}; own "
+                     f"threads in {share.get('busy', {}).get(op, float('nan')):.0%} of calls")
     for op, res in idle.items():
         fixed = next(v for k, v in res.items() if k.startswith("fastsm fixed"))
         lines.append(f"idle {op}: default / fixed team = {res['fastsm'][0] / fixed[0]:.2f} "
