@@ -10,6 +10,10 @@ def pytest_configure(config):
     opt = config.option
     if hasattr(opt, "benchmark_disable") and not (opt.benchmark_only or opt.benchmark_enable):
         opt.benchmark_disable = True
+    if getattr(opt, "benchmark_columns", "unset") is None:  # the user chose none: a table
+        opt.benchmark_columns = ["median", "iqr", "min", "rounds"]  # of ~120, not 246, columns
+    if getattr(opt, "benchmark_name", None) == "normal":
+        opt.benchmark_name = "short"
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,16 +59,27 @@ class Result:
     spread: float = math.nan        # (75th - 25th percentile) / median of the rounds
 
 
+_SHAPE = re.compile(r"^(\d+(?:x\d+)*)(?:@(-?\d+))?$")
+
+
 def parse_shape(text: str):
     """'4096x1000' -> ((4096, 1000), -1); '1000x512@0' -> ((1000, 512), 0)."""
-    axis = -1
-    if "@" in text:
-        text, ax = text.split("@")
-        axis = int(ax)
-    dims = tuple(int(d) for d in text.lower().split("x"))
+    match = _SHAPE.match(text.strip().lower())
+    dims = tuple(int(d) for d in match.group(1).split("x")) if match else ()
     if not dims or any(d < 1 for d in dims):
-        raise ValueError(f"bad shape {text!r}; expected e.g. 4096x1000 or 1000x512@0")
+        raise ValueError(f"bad shape {text!r}: expected sizes >= 1 joined by x, optionally "
+                         "@axis, e.g. 4096x1000 or 1000x512@0")
+    axis = int(match.group(2)) if match.group(2) is not None else -1
+    if not -len(dims) <= axis < len(dims):
+        raise ValueError(f"bad shape {text!r}: axis {axis} is out of range for {len(dims)} "
+                         "dimension(s)")
     return dims, axis
+
+
+def applies(op: str, shape_text: str) -> bool:
+    """Whether a cell exists: cross-entropy takes classes on the last axis of (N, K)."""
+    dims, axis = parse_shape(shape_text)
+    return not op.startswith("cross") or (axis == -1 and len(dims) == 2)
 
 
 # ----------------------------------------------------------------------------- data
@@ -293,9 +305,9 @@ class LoadMeter:
 
 # ----------------------------------------------------------------------------- runner
 def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rng):
+    if not applies(op, shape_text):
+        return None
     dims, axis = parse_shape(shape_text)
-    if op.startswith("cross") and (axis != -1 or len(dims) != 2):
-        return None  # cross-entropy takes classes on the last axis of (N, K)
     x, target = cell_data(dims, dtype, op.startswith("cross"))
     fns = contenders(op, x, axis, target, backends, peers, threads)
     first, samples, outputs = {}, {name: [] for name in fns}, {}
@@ -346,6 +358,11 @@ def run(ops=OPS, shapes=DEFAULT_SHAPES, dtypes=("float32", "float64"), threads=N
     rng = random.Random(0)
     cells = []
     todo = [(op, s, d) for d in dtypes for s in shapes for op in ops]
+    skipped = sorted({f"{op} at {s}" for op, s, _ in todo if not applies(op, s)})
+    todo = [(op, s, d) for op, s, d in todo if applies(op, s)]
+    if skipped and progress:
+        print(f"not measured: {', '.join(skipped)} (cross-entropy takes classes on the last "
+              "axis of (N, K))", file=sys.stderr)
     try:
         with LoadMeter() as meter:
             for i, (op, shape, dtype) in enumerate(todo):
@@ -522,8 +539,8 @@ def tune(quick: bool = True, progress: bool = True):
     return save_winners(cells, meter)[0]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="fastsm bench", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``fastsm bench`` (also used by ``fastsm``'s subcommand)."""
     p.add_argument("--quick", action="store_true", help="fewer repeats: well under a minute")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated ops")
     p.add_argument("--shapes", default=None, help="e.g. 4096x1000,64x128,1000x512@0 (@axis)")
@@ -534,14 +551,19 @@ def main(argv=None):
                    help="peers to include if installed (torch,scipy,jax; 'none' for none)")
     p.add_argument("--json", metavar="PATH", help="write results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s per shape")
+    p.add_argument("--plot", metavar="PATH",
+                   help="write a PNG of GB/s per shape (needs matplotlib: pip install -e '.[bench]')")
     p.add_argument("--save", action="store_true",
                    help="store the measured winners as this machine's dispatch table")
     p.add_argument("--contention", action="store_true",
                    help="measure idle, beside a busy 2-thread process, in a forked worker "
                         "and with 8 callers at once (default: softmax and "
                         "cross_entropy_with_grad, 4096x1000 float32)")
-    args = p.parse_args(argv)
+
+
+def _checked(args, p):
+    """(ops, shapes, dtypes, peers, backends) from the options, or a usage error (exit 2)
+    naming the bad value: all of it before anything long runs."""
     ops = [o for o in args.ops.split(",") if o]
     bad = [o for o in ops if o not in OPS]
     if bad:
@@ -552,21 +574,37 @@ def main(argv=None):
             parse_shape(s)
         except ValueError as exc:
             p.error(str(exc))
+    dtypes = (args.dtypes or ("float32" if args.quick else "float32,float64")).split(",")
+    bad = [d for d in dtypes if d not in ("float32", "float64")]
+    if bad:
+        p.error(f"unknown dtype(s) {bad}; expected float32 and/or float64")
     peers = [q for q in args.peers.split(",") if q and q != "none"]
     if set(peers) - set(PEERS):
         p.error(f"unknown peer(s) {sorted(set(peers) - set(PEERS))}; expected some of {list(PEERS)} or none")
     backends = args.backends.split(",") if args.backends else None
-    if backends:
-        for b in backends:
-            try:
-                _registry.load(b)
-            except (ValueError, ImportError) as exc:
-                p.error(str(exc))
+    for b in backends or ():
+        try:
+            _registry.load(b)
+        except (ValueError, ImportError) as exc:
+            p.error(str(exc))
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads {args.threads}: expected a count >= 1")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("--plot needs matplotlib, which is not installed: "
+                    "pip install -e '.[bench]' (or pip install matplotlib)")
+    return ops, shapes, dtypes, peers, backends
+
+
+def run_cli(args, p) -> int:
+    """``fastsm bench`` with parsed options; ``p`` reports usage errors."""
+    ops, shapes, dtypes, peers, backends = _checked(args, p)
     threads = args.threads or _threads.get_num_threads()
     if args.contention:
         return _contention_main(args, threads)
-    dtypes = args.dtypes or ("float32" if args.quick else "float32,float64")
-    cells, meter = run(ops, shapes, dtypes.split(","), threads, backends, peers, args.quick)
+    cells, meter = run(ops, shapes, dtypes, threads, backends, peers, args.quick)
     print(f"fastsm bench — {machine_line(threads)}")
     print("median per call; x numpy = NumPy-baseline time / time (higher is faster); "
           "x copy = time / np.copyto time (1 = memory roofline); * = fastest\n")
@@ -579,17 +617,26 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"machine": machine_line(threads), "threads": threads,
                        "cells": [asdict(c) for c in cells]}, f, indent=1)
+        print(f"wrote {args.json}")
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(f"Machine: {machine_line(threads)}\n\n{table(cells, markdown=True)}\n\n"
                     "Without `backend=`, fastsm runs:\n\n" + "".join(f"- {line}\n" for line in report)
                     + f"\n{meter.verdict(cells)}\n")
+        print(f"wrote {args.markdown}")
     if args.plot:
         plot(cells, args.plot)
+        print(f"wrote {args.plot}")
     if args.save:
         print()
         save_winners(cells)
     return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="fastsm bench", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run_cli(p.parse_args(argv), p)
 
 
 def _contention_main(args, threads):
@@ -598,6 +645,8 @@ def _contention_main(args, threads):
     ops = args.ops.split(",") if args.ops != ",".join(OPS) else ("softmax",
                                                                 "cross_entropy_with_grad")
     shape = args.shapes.split(",")[0] if args.shapes else "4096x1000"
+    if not all(applies(op, shape) for op in ops):
+        raise SystemExit(f"fastsm bench --contention: {shape} does not fit every op of {ops}")
     dtype = (args.dtypes or "float32").split(",")[0]
     result = loadbench.run(ops, shape, dtype, threads, rounds=15 if args.quick else 80,
                            callers_rounds=3 if args.quick else 7)
@@ -606,7 +655,9 @@ def _contention_main(args, threads):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("```\n" + text + "\n```\n")
+        print(f"wrote {args.markdown}")
     return 0

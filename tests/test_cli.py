@@ -1,0 +1,67 @@
+"""The command line as a user meets it: help, usage errors that name the bad value, outputs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fastsm import bench
+
+
+def fastsm(*args):
+    return subprocess.run([sys.executable, "-m", "fastsm", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, says", [
+    ((), "commands:"), (("--help",), "commands:"), (("bench", "--help"), "--contention"),
+    (("tune", "--help"), "--full"), (("config", "--help"), "usage: fastsm config")])
+def test_help_goes_to_stdout_and_exits_0(args, says):
+    proc = fastsm(*args)
+    assert proc.returncode == 0 and says in proc.stdout and proc.stderr == ""
+
+
+@pytest.mark.parametrize("args, names", [
+    (("nope",), "'nope'"),
+    (("bench", "--shapes", "12xx"), "'12xx'"),
+    (("bench", "--shapes", "10x10@2"), "axis 2"),
+    (("bench", "--dtypes", "float16"), "'float16'"),
+    (("bench", "--ops", "softmax,nope"), "'nope'"),
+    (("bench", "--peers", "numpyy"), "'numpyy'"),
+    (("bench", "--backends", "cuda"), "'cuda'"),
+    (("bench", "--threads", "0"), "--threads 0"),
+    (("tune", "--threads", "0"), "--threads 0")])
+def test_usage_errors_exit_2_naming_the_bad_value(args, names):
+    proc = fastsm(*args)
+    assert proc.returncode == 2 and names in proc.stderr and "usage:" in proc.stderr
+
+
+def test_plot_without_matplotlib_fails_before_measuring():
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from fastsm.__main__ import main\n"
+            "sys.exit(main(['bench', '--plot', 'x.png']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "pip install -e '.[bench]'" in proc.stderr
+    assert "[1/" not in proc.stderr  # no cell was run
+
+
+def test_a_small_run_writes_what_it_says(tmp_path):
+    out = tmp_path / "r.json"
+    proc = fastsm("bench", "--quick", "--ops", "softmax,cross_entropy", "--shapes",
+                  "40x30,30x20@0", "--peers", "none", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stdout and "machine:" in proc.stdout.lower()
+    assert "not measured: cross_entropy at 30x20@0" in proc.stderr
+    cells = json.loads(out.read_text())["cells"]
+    assert [(c["op"], c["shape"]) for c in cells] == [
+        ("softmax", "40x30"), ("cross_entropy", "40x30"), ("softmax", "30x20@0")]
+
+
+def test_parse_shape():
+    assert bench.parse_shape("4096x1000") == ((4096, 1000), -1)
+    assert bench.parse_shape("2x3x4@1") == ((2, 3, 4), 1)
+    for bad in ("", "x", "12xx", "0x5", "3x-4", "4x4@", "4x4@a", "4x4@-3"):
+        with pytest.raises(ValueError, match="bad shape"):
+            bench.parse_shape(bad)
