@@ -13,6 +13,10 @@ try:
 except ImportError:  # an old commit without these modules
     fastsm = None
     OPS = ()
+try:
+    from fastsm.bench import WARMUP_CALLS
+except ImportError:  # older commits warmed up with one call
+    WARMUP_CALLS = 0
 
 SHAPES = ("4096x1000", "512x32000", "65536x10", "64x128")
 DTYPES = ("float32", "float64")
