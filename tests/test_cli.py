@@ -65,3 +65,13 @@ def test_parse_shape():
     for bad in ("", "x", "12xx", "0x5", "3x-4", "4x4@", "4x4@a", "4x4@-3"):
         with pytest.raises(ValueError, match="bad shape"):
             bench.parse_shape(bad)
+
+
+def test_plot_writes_a_png_with_every_contender(tmp_path):
+    pytest.importorskip("matplotlib", reason="the bench extra (matplotlib) is not installed")
+    out = tmp_path / "p.png"
+    proc = fastsm("bench", "--quick", "--ops", "softmax,logsumexp", "--shapes", "40x30,64x8",
+                  "--plot", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
