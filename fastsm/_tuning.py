@@ -14,7 +14,8 @@ from pathlib import Path
 
 # Empty on purpose: on the reference machine cython won 42 of the 46 default cells and numba
 # the other 4 by <= 10% (benchmarks/results/backends-full.md), too little to impose numba's
-# 1-3 s first-call compile on a default.  The fallback order (cython first) applies.
+# 1-3 s first-call compile per kernel (once per machine: later processes read Numba's disk
+# cache) on a default.  The fallback order (cython first) applies.
 _BUILTIN: dict = {}
 
 
