@@ -162,7 +162,8 @@ def reset() -> None:
 
 
 def state() -> dict:
-    """For show_config: what the controller knows now."""
+    """What the controller knows now (cores in use, per key: medians, probe interval, calls
+    per engine), for benchmarks and debugging."""
     with _lock:
         table = {}
         for (backend, op, dtype_num, cls), c in _stats.items():
@@ -172,11 +173,11 @@ def state() -> dict:
                 "native_ns_per_element": None if p is None else round(p * 1e9, 3),
                 "probe_interval": c.interval,
                 "calls_serial": c.runs[SERIAL], "calls_native": c.runs[NATIVE]}
-        return {"native_threads": "off in this forked child" if _forked_after_native else "adaptive",
-                "cores_taken_now": _cores_taken, "measured": table}
+        return {"cores_taken_now": _cores_taken, "measured": table}
 
 
 def native_allowed() -> bool:
+    """False in a child forked after this process ran native threads: every call is serial."""
     return not _forked_after_native
 
 
