@@ -5,17 +5,16 @@ report compares backends side by side.  The normal test run executes each once a
 test (``--benchmark-disable`` in addopts): CI proves they work without timing anything.
 """
 
-import pytest
+try:
+    import pytest
+except ImportError:  # asv's discovery imports this module too; the bench extra has no pytest
+    pytest = None
 
 import fastsm
 
 from .common import DTYPES, OPS, SHAPES, WARMUP_CALLS, accuracy, backends, call, nbytes
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", backends())
 def test_op(benchmark, backend, op, shape, dtype):
     try:
         fn = call(backend, op, shape, dtype)
@@ -30,3 +29,9 @@ def test_op(benchmark, backend, op, shape, dtype):
     if benchmark.stats is not None:
         benchmark.extra_info["GB/s"] = nbytes(op, shape, dtype) / benchmark.stats.stats.median / 1e9
     assert benchmark.extra_info["max_error"] < (1e-5 if dtype == "float32" else 1e-13)
+
+
+if pytest is not None:
+    for _name, _values in (("backend", backends()), ("op", OPS), ("shape", SHAPES),
+                           ("dtype", DTYPES)):  # ids read backend-op-shape-dtype
+        test_op = pytest.mark.parametrize(_name, _values)(test_op)

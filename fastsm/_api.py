@@ -260,6 +260,10 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
         if w.shape != (k,):
             raise ValueError(f"weight has shape {w.shape}; expected ({k},), one per class")
         w = np.ascontiguousarray(w, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(w))
+        if bad.size:  # a NaN weight would otherwise turn the whole mean into a silent nan
+            raise ValueError(f"weight[{bad[0]}] = {w[bad[0]]}; class weights must be finite "
+                             "(zero and negative weights are allowed, as in torch)")
 
     x2 = np.ascontiguousarray(x, dtype=compute).reshape(n, k)
     # every kernel writes every row (ignored: 0); without classes no kernel runs: an empty sum
@@ -328,6 +332,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoot
       samples with ``y == ignore_index`` have loss 0 and are left out of the mean;
     - probabilities t: ``q_c = w_c * ((1 - eps) * t_c + eps / K)``.
 
+    ``weight`` must be finite (ValueError naming the first that is not); zero and negative
+    weights are allowed and mean what they mean in torch.
     ``reduction``: "none" (per-sample, shape (...)), "sum", or "mean": the sum divided by
     ``sum(w_y)`` over non-ignored samples (class indices) or by the number of samples
     (probabilities) — exactly as ``torch.nn.functional.cross_entropy``.  An empty or

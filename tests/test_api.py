@@ -131,6 +131,8 @@ CE_BAD = [
     (dict(label_smoothing=-0.1), ValueError, "label_smoothing"),
     (dict(weight=np.ones(4)), ValueError, r"weight has shape \(4,\); expected \(3,\)"),
     (dict(weight=np.ones(3, complex)), TypeError, "weight has dtype complex128"),
+    (dict(weight=np.array([1.0, np.nan, 1.0])), ValueError, r"weight\[1\] = nan; .* finite"),
+    (dict(weight=np.array([np.inf, 1.0, 1.0])), ValueError, r"weight\[0\] = inf"),
     (dict(ignore_index=1.5), TypeError, r"ignore_index=1.5 \(float\); expected an integer"),
     (dict(ignore_index=2**63), ValueError, r"ignore_index=9223372036854775808; expected an int64"),
     (dict(logits=np.float64(1.0)), ValueError, "at least 1 dimension"),

@@ -197,3 +197,20 @@ def test_zero_total_weight_matches_torch(backend, case):
     ref.backward()
     np.testing.assert_array_equal(loss, ref.item())  # both NaN
     np.testing.assert_array_equal(grad, xt.grad.numpy())  # NaN where torch has NaN, 0 where 0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_negative_class_weights_match_torch(backend, reduction):
+    """Negative (and zero) class weights are accepted, as torch accepts them."""
+    torch = pytest.importorskip("torch", reason="torch (the compare extra) is not installed")
+    x = np.random.default_rng(4).standard_normal((6, 4))
+    target = np.array([0, 1, 2, 3, 1, 0])
+    weight = np.array([1.0, -0.5, 2.0, 0.0])
+    loss, grad = fastsm.cross_entropy_with_grad(x, target, weight=weight, reduction=reduction,
+                                                backend=backend)
+    xt = torch.tensor(x, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(xt, torch.tensor(target), weight=torch.tensor(weight),
+                                            reduction=reduction)
+    ref.sum().backward()
+    np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-12, atol=1e-15)
