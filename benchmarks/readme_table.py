@@ -28,8 +28,8 @@ def excerpt(markdown: str, op: str = "softmax") -> str:
 
 def contention_summary(markdown: str) -> str:
     lines = markdown.strip("`\n").splitlines()
-    keep = [ln for ln in lines[:2]] + [""] + [
-        ln for ln in lines if ln.startswith(("busy ", "idle ", "8 callers", "note:"))]
+    summary = re.compile(r"^((busy|idle) \w+: |8 callers|note:)")  # not the table's rows
+    keep = [ln for ln in lines[:2]] + [""] + [ln for ln in lines if summary.match(ln)]
     return "```\n" + "\n".join(keep) + "\n```"
 
 
