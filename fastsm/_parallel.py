@@ -116,18 +116,19 @@ def run(mod, op: str, dtype, n: int, k: int, kernel, *args):
     if want < 2:
         return kernel(*args, 1)
     key = (mod.NAME, op, dtype.num, _shape_class(n, k))
+    team = min(want, n)  # the full team for this call (no more threads than rows)
     with _lock:
         choice = _stats.get(key)
         if choice is None:
             choice = _stats[key] = _Choice()
         if _adaptive:
             free = _threads.usable_cpus() - _cores_taken - 1  # cores beyond the caller's own
-            nt = min(want, n, 1 + max(0, free))
+            nt = min(team, 1 + max(0, free))
             engine, probe = choice.pick() if nt > 1 else (SERIAL, False)
             if engine == SERIAL:
                 nt = 1
         else:
-            nt, engine, probe = min(want, n), NATIVE, False
+            nt, engine, probe = team, NATIVE, False
         _cores_taken += nt
         if nt > 1:
             _native_started = True
@@ -138,7 +139,7 @@ def run(mod, op: str, dtype, n: int, k: int, kernel, *args):
     finally:
         with _lock:
             _cores_taken -= nt
-    if _adaptive and (nt == 1 or nt == want):  # a team cut short by callers: no sample
+    if _adaptive and (nt == 1 or nt == team):  # a team cut short by callers: no sample
         with _lock:
             choice.record(engine, elapsed / (n * k), probe)
 

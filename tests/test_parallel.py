@@ -134,3 +134,20 @@ def test_a_child_forked_after_native_threads_runs_serially(two_threads):
         allowed, calls = pool.map(_child_report, [0])[0]
     assert (allowed, calls) == (False, [1])
     assert _parallel.native_allowed()  # the parent keeps its threads
+
+
+def test_fewer_rows_than_threads_still_measures_the_team(monkeypatch):
+    """A team is as large as the rows allow (8 rows on 16 threads: 8); its times must count
+    as native samples, or the controller stays in its warm-up and never tries one thread."""
+    monkeypatch.setattr(_threads, "usable_cpus", lambda: 4)
+    old = fastsm.get_num_threads()
+    fastsm.set_num_threads(4)
+    _parallel.reset()
+    try:
+        fake = FakeBackend()
+        for _ in range(12):
+            _parallel.run(fake, "op", np.dtype(np.float32), 3, 100_000, fake.kernel, "t")
+    finally:
+        fastsm.set_num_threads(old)
+        _parallel.reset()
+    assert fake.calls[0] == 3 and 1 in fake.calls  # teams of 3, and a one-thread probe
