@@ -8,7 +8,7 @@ import sys
 DESCRIPTION = ("Fast, accurate batched softmax, log-softmax, log-sum-exp and cross-entropy on "
                "the CPU: benchmark it on this machine, tune its dispatch, show its set-up.")
 EPILOG = """examples:
-  fastsm bench --quick                 every backend and installed peer, < 2 minutes
+  fastsm bench --quick                 every backend and installed peer, < 1 minute
   fastsm bench --contention            idle, beside a busy process, in a forked worker
   fastsm tune                          store this machine's fastest backend per shape
   fastsm config                        versions, threads, each backend's exp path
@@ -46,9 +46,8 @@ def parser() -> argparse.ArgumentParser:
 def _tune(args, p) -> int:
     from . import _threads, bench
 
+    bench.check_threads(args.threads, p)
     if args.threads is not None:
-        if args.threads < 1:
-            p.error(f"--threads {args.threads}: expected a count >= 1")
         _threads.set_num_threads(args.threads)
     bench.tune(quick=not args.full)
     return 0

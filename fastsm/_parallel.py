@@ -167,9 +167,9 @@ def state() -> dict:
     per engine), for benchmarks and debugging."""
     with _lock:
         table = {}
-        for (backend, op, dtype_num, cls), c in _stats.items():
+        for key, c in _stats.items():  # key: (backend, op, dtype number, shape class)
             s, p = c.median(SERIAL), c.median(NATIVE)
-            table[f"{backend} {op} {dtype_num}:{cls}"] = {
+            table[key] = {
                 "serial_ns_per_element": None if s is None else round(s * 1e9, 3),
                 "native_ns_per_element": None if p is None else round(p * 1e9, 3),
                 "probe_interval": c.interval,

@@ -236,7 +236,8 @@ def contenders(op, x, axis, target, backends, peers, threads):
             found[name] = (lambda f=fn, b=name: f(x, target, backend=b))
         else:
             found[name] = (lambda f=fn, b=name: f(x, axis=axis, backend=b))
-    found["numpy-baseline"] = _numpy_baseline(op, x, axis, target)
+    refs = references(op, x, axis, target)
+    found["numpy-baseline"] = refs["numpy-baseline"]
     for peer in peers:
         try:
             fn = PEERS[peer](op, x, axis, target, threads)
@@ -244,9 +245,16 @@ def contenders(op, x, axis, target, backends, peers, threads):
             continue
         if fn is not None:
             found[peer] = fn
-    out = np.empty_like(x)
-    found["copy"] = lambda: np.copyto(out, x)
+    found["copy"] = refs["copy"]
     return found
+
+
+def references(op, x, axis, target):
+    """The two contenders every suite measures against: the NumPy baseline formula and a
+    plain ``np.copyto`` of the same bytes (the memory roofline)."""
+    out = np.empty_like(x)
+    return {"numpy-baseline": _numpy_baseline(op, x, axis, target),
+            "copy": lambda: np.copyto(out, x)}
 
 
 # ----------------------------------------------------------------------------- noise
@@ -564,7 +572,7 @@ def tune(quick: bool = True, progress: bool = True):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``fastsm bench`` (also used by ``fastsm``'s subcommand)."""
-    p.add_argument("--quick", action="store_true", help="fewer repeats: well under a minute")
+    p.add_argument("--quick", action="store_true", help="float32, fewer repeats: under a minute")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated ops")
     p.add_argument("--shapes", default=None, help="e.g. 4096x1000,64x128,1000x512@0 (@axis)")
     p.add_argument("--dtypes", default=None, help="default float32,float64 (--quick: float32)")
@@ -575,7 +583,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="write results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
     p.add_argument("--plot", metavar="PATH",
-                   help="write a PNG of GB/s per shape (needs matplotlib: pip install -e '.[bench]')")
+                   help="write a PNG of each contender's speed-up over the NumPy baseline "
+                        "(needs matplotlib: pip install -e '.[bench]')")
     p.add_argument("--save", action="store_true",
                    help="store the measured winners as this machine's dispatch table")
     p.add_argument("--contention", action="store_true",
@@ -610,8 +619,7 @@ def _checked(args, p):
             _registry.load(b)
         except (ValueError, ImportError) as exc:
             p.error(str(exc))
-    if args.threads is not None and args.threads < 1:
-        p.error(f"--threads {args.threads}: expected a count >= 1")
+    check_threads(args.threads, p)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -619,6 +627,12 @@ def _checked(args, p):
             p.error("--plot needs matplotlib, which is not installed: "
                     "pip install -e '.[bench]' (or pip install matplotlib)")
     return ops, shapes, dtypes, peers, backends
+
+
+def check_threads(threads, p) -> None:
+    """A usage error naming ``--threads`` unless it is unset or a count >= 1."""
+    if threads is not None and threads < 1:
+        p.error(f"--threads {threads}: expected a count >= 1")
 
 
 def run_cli(args, p) -> int:

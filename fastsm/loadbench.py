@@ -102,9 +102,7 @@ def contenders(op, x, target, threads, forked=False):
         found["torch"] = bench._torch_fn(op, x, -1, target, 1 if forked else threads)
     except ImportError:
         pass
-    found["numpy-baseline"] = bench._numpy_baseline(op, x, -1, target)
-    out = np.empty_like(x)
-    found["copy"] = lambda: np.copyto(out, x)
+    found.update(bench.references(op, x, -1, target))
     return found
 
 
@@ -134,8 +132,7 @@ def measure(op, shape, dtype, threads, rounds, warmup, forked=False):
 def native_share():
     """{op: share of the controller's calls that ran the backend's own threads}, so far."""
     shares = {}
-    for key, entry in _parallel.state()["measured"].items():
-        op = key.split()[1]
+    for (_, op, _, _), entry in _parallel.state()["measured"].items():
         runs = entry["calls_serial"] + entry["calls_native"]
         total = shares.setdefault(op, [0, 0])
         total[0] += entry["calls_native"]
