@@ -2,10 +2,12 @@
 
     python -m fastsm bench --quick --markdown benchmarks/results/quick.md --plot benchmarks/results/quick.png
     python -m fastsm bench --contention --markdown benchmarks/results/contention.md
+    python -m benchmarks.near_zero --save
     python benchmarks/readme_table.py
 
 - ``<!-- bench-excerpt -->``: the softmax rows and dispatch lines of quick.md;
-- ``<!-- contention-excerpt -->``: the summary lines of contention.md (busy / idle / callers).
+- ``<!-- contention-excerpt -->``: the summary lines of contention.md (busy / idle / callers);
+- ``<!-- near-zero -->``: near_zero.md, whole.
 """
 
 import re
@@ -34,7 +36,8 @@ def contention_summary(markdown: str) -> str:
 
 
 BLOCKS = {"bench-excerpt": (RESULTS / "quick.md", excerpt),
-          "contention-excerpt": (RESULTS / "contention.md", contention_summary)}
+          "contention-excerpt": (RESULTS / "contention.md", contention_summary),
+          "near-zero": (RESULTS / "near_zero.md", str.strip)}
 
 
 def main(readme=ROOT / "README.md"):

@@ -61,16 +61,53 @@ def _kernels(backend, op: str, dtype: np.dtype, n: int, k: int):
     return _registry.load(backend)
 
 
+def _axes(axis, ndim):
+    """``axis`` (an int, a tuple of ints or None for all) as a sorted tuple of distinct
+    non-negative axes.  A 0-d array counts as one element along axis 0 (as in torch), so
+    0, -1, (0,), () and None all work there."""
+    if axis is None:
+        return tuple(range(ndim))
+    items = axis if isinstance(axis, tuple) else (axis,)
+    width = max(ndim, 1)
+    axes = []
+    for a in items:
+        a = normalize_axis_index(_integer("axis", a), width)
+        if a in axes:
+            raise ValueError(f"axis={axis!r} names axis {a} twice")
+        axes.append(a)
+    if ndim == 0:
+        return ()
+    return tuple(sorted(axes))
+
+
 def _as_rows(x, axis, what="x"):
-    """Validate ``x``/``axis``; return (x, compute, result, ax, moved, x2) with x2 (n, K)."""
+    """Validate ``x``/``axis``; return (x, compute, result, axes, moved, x2): ``moved`` is x
+    with the reduced ``axes`` last, x2 its C-contiguous (n, K) form (K = their size product)."""
     x = np.asarray(x)
     compute, result = _dtypes(x.dtype, what)
-    ax = normalize_axis_index(_integer("axis", axis), x.ndim)
-    moved = x if ax == x.ndim - 1 else np.moveaxis(x, ax, -1)
-    k = moved.shape[-1]
-    n = moved.size // k if k else int(np.prod(moved.shape[:-1]))
-    x2 = _contiguous_rows(x, ax, moved, compute, n, k)
-    return x, compute, result, ax, moved, x2
+    axes = _axes(axis, x.ndim)
+    nd, na = x.ndim, len(axes)
+    moved = x if axes == tuple(range(nd - na, nd)) else np.moveaxis(x, axes, range(nd - na, nd))
+    k = int(np.prod(moved.shape[nd - na:]))
+    n = moved.size // k if k else int(np.prod(moved.shape[:nd - na]))
+    if na == 1:
+        x2 = _contiguous_rows(x, axes[0], moved, compute, n, k)
+    else:
+        x2 = np.ascontiguousarray(moved, dtype=compute).reshape(n, k)
+    return x, compute, result, axes, moved, x2
+
+
+def _restore(res, axes, ndim):
+    """The inverse of ``_as_rows``' axis move on an array of ``moved``'s shape."""
+    na = len(axes)
+    if axes == tuple(range(ndim - na, ndim)):
+        return res
+    return np.moveaxis(res, range(ndim - na, ndim), axes)
+
+
+def _scalar_if_0d(res):
+    """NumPy's convention for whole reductions and 0-d input: a NumPy scalar, not a 0-d array."""
+    return res[()] if isinstance(res, np.ndarray) and res.ndim == 0 else res
 
 
 _TILE = 32
@@ -130,11 +167,12 @@ def _elementwise(op, x, axis, out, backend):
                 mod = _kernels(backend, op, dt, n, k)
                 _parallel.run(mod, op, dt, n, k, getattr(mod, op), x, res)
             return res
-    x, compute, result, ax, moved, x2 = _as_rows(x, axis)
+    x, compute, result, axes, moved, x2 = _as_rows(x, axis)
     n, k = x2.shape
+    nd = x.ndim
     if out is not None:
         _check_out(out, x.shape, result)
-        om = out if ax == x.ndim - 1 else np.moveaxis(out, ax, -1)
+        om = out if nd == 0 else np.moveaxis(out, axes, range(nd - len(axes), nd))
         direct = compute == result and om.flags.c_contiguous
         if direct and np.may_share_memory(om, x2):
             # exact aliasing (out is x) is fine for the kernels; partial overlap is not
@@ -152,8 +190,7 @@ def _elementwise(op, x, axis, out, backend):
     if out is not None:
         _to_result(res, result, om)
         return out
-    res = _to_result(res, result)
-    return res if ax == x.ndim - 1 else np.moveaxis(res, -1, ax)
+    return _scalar_if_0d(_restore(_to_result(res, result), axes, nd))
 
 
 # ----------------------------------------------------------------------------- public
@@ -180,31 +217,120 @@ def log_softmax(x, axis=-1, *, out=None, backend=None):
     return _elementwise("log_softmax", x, axis, out, backend)
 
 
-def logsumexp(x, axis=-1, *, out=None, backend=None):
-    r"""``log(sum_i exp(x_i))`` along ``axis`` (removed from the result), as ``m + log(sum exp(x - m))``.
+def logsumexp(a, axis=-1, b=None, keepdims=False, return_sign=False, *, out=None,
+              backend=None):
+    r"""``log(sum_i b_i exp(a_i))`` over ``axis``, a drop-in for ``scipy.special.logsumexp``.
 
-    Zero classes give ``-inf``; an all-``-inf`` slice gives ``-inf``, one with ``+inf`` gives
-    ``+inf``, one with NaN gives NaN (NaN wins over ``+inf``).  ``out`` (the input's shape
-    without ``axis``, result dtype) receives the result.
+    Computed as ``m + log1p(sum_{i != j} exp(a_i - m))`` with ``m = a_j = max_i a_i``: the
+    maximal term's 1 is never added to the others, so a result far below 1 keeps its
+    relative accuracy (``logsumexp([0, -40]) = 4.25e-18``, scipy gh-18295).
+
+    ``axis``: an int, a tuple of ints or None (every axis; scipy's default, fastsm's is -1).
+    A 0-d ``a`` is one element.  ``keepdims`` keeps the reduced axes with size 1.
+    ``b``: scale factors broadcast against ``a`` (zero and negative allowed; a zero drops its
+    element unless that element is +inf).  The result is ``log|s|`` with
+    ``s = sum_i b_i exp(a_i)``; without ``return_sign`` a negative ``s`` gives NaN, with it
+    the function returns ``(log|s|, sign(s))``.  The terms are split by the sign of ``b``
+    and the two log-sums combined as ``l+ + log1p(-exp(l- - l+))``, so the digits of the
+    larger part are kept; cancellation between the parts is the data's own conditioning.
+
+    Special slices: zero elements give ``-inf`` (sign 0); all ``-inf`` gives ``-inf``;
+    a ``+inf`` gives ``+inf``; NaN gives NaN (NaN wins over ``+inf``).  Integer and bool
+    input is computed in float64; with ``b`` the dtype is ``result_type(a, b)`` (integers
+    as float64).  ``out`` (the result's shape and dtype) receives the value; with
+    ``return_sign`` it receives ``log|s|``.  A 0-d result is a NumPy scalar, as from
+    ``np.sum``.
+
+    >>> logsumexp(np.array([0.0, -40.0]))
+    np.float64(4.248354255291589e-18)
     """
-    x, compute, result, ax, moved, x2 = _as_rows(x, axis)
+    if b is not None:
+        return _logsumexp_scaled(a, b, axis, keepdims, return_sign, out, backend)
+    x, compute, result, axes, moved, x2 = _as_rows(a, axis, "a")
     n, k = x2.shape
-    shape = moved.shape[:-1]
+    shape = _reduced_shape(x.shape, axes, keepdims)
     if out is not None:
         _check_out(out, shape, result)
     direct = (out is not None and compute == result and out.flags.c_contiguous
               and not np.may_share_memory(out, x2))
     res = out.reshape(n) if direct else np.empty(n, compute)
+    _logsumexp_rows(x2, res, backend)
+    if out is None:
+        value = _scalar_if_0d(_to_result(res.reshape(shape), result))
+    else:
+        if not direct:
+            _to_result(res.reshape(shape), result, out)
+        value = out
+    if return_sign:
+        with np.errstate(invalid="ignore"):
+            sign = np.where(np.isnan(res), np.nan, np.where(res == -np.inf, 0.0, 1.0))
+        return value, _scalar_if_0d(sign.astype(result).reshape(shape))
+    return value
+
+
+def _reduced_shape(shape, axes, keepdims):
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def _logsumexp_rows(x2, res, backend):
+    """res[r] = logsumexp of row r of the (n, K) compute-dtype array x2."""
+    n, k = x2.shape
     if k == 0:
         res.fill(-np.inf)
     elif n:
-        mod = _kernels(backend, "logsumexp", compute, n, k)
-        _parallel.run(mod, "logsumexp", compute, n, k, mod.logsumexp, x2, res)
-    if out is None:
-        return _to_result(res.reshape(shape), result)
-    if not direct:
-        _to_result(res.reshape(shape), result, out)
-    return out
+        mod = _kernels(backend, "logsumexp", x2.dtype, n, k)
+        _parallel.run(mod, "logsumexp", x2.dtype, n, k, mod.logsumexp, x2, res)
+
+
+def _logsumexp_scaled(a, b, axis, keepdims, return_sign, out, backend):
+    """logsumexp with scale factors: log-sums of the positive and the negative terms by the
+    kernels, then ``l_big + log1p(-exp(l_small - l_big))`` with the sign of the bigger."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    for name, arr in (("a", a), ("b", b)):
+        _dtypes(arr.dtype, name)  # TypeError for complex, object, strings
+    dt = np.result_type(a.dtype, b.dtype)
+    compute, result = _dtypes(_F64 if dt.kind in "biu" else dt, "a")
+    try:
+        a, b = np.broadcast_arrays(a.astype(compute, copy=False), b.astype(compute, copy=False))
+    except ValueError:
+        raise ValueError(f"b has shape {b.shape}, which does not broadcast against a's "
+                         f"shape {a.shape}") from None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shifted = a + np.log(np.abs(b))  # b = 0: -inf, so the element drops out (0 * inf: NaN)
+        shifted = np.where((b == 0) & (a == np.inf), np.nan, shifted)
+        nan = np.isnan(shifted)
+        pos = np.where((b > 0) | nan, shifted, -np.inf)
+        neg = np.where(b < 0, shifted, -np.inf)
+    x, _, _, axes, moved, pos2 = _as_rows(pos, axis, "a")
+    neg2 = _as_rows(neg, axis, "a")[5]
+    n = pos2.shape[0]
+    lp, ln = np.empty(n, compute), np.empty(n, compute)
+    _logsumexp_rows(pos2, lp, backend)
+    _logsumexp_rows(neg2, ln, backend)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        big, small = np.maximum(lp, ln), np.minimum(lp, ln)
+        value = big + np.log1p(-np.exp(small - big))   # inf - inf: NaN, as scipy
+        sign = np.where(lp > ln, 1.0, np.where(ln > lp, -1.0, 0.0)).astype(compute)
+        tie = lp == ln
+        value[tie & (lp == -np.inf)] = -np.inf             # nothing to add: log 0
+        value[tie & np.isfinite(lp)] = -np.inf             # exact cancellation
+        sign[np.isnan(value)] = np.nan
+        if not return_sign:
+            value[sign < 0] = np.nan                       # log of a negative number
+    shape = _reduced_shape(x.shape, axes, keepdims)
+    value = value.reshape(shape)
+    if out is not None:
+        _check_out(out, shape, result)
+        _to_result(value, result, out)
+        value = out
+    else:
+        value = _scalar_if_0d(_to_result(value, result))
+    if return_sign:
+        return value, _scalar_if_0d(_to_result(sign.reshape(shape), result))
+    return value
 
 
 def _target_kind(target, logits_shape, k):
@@ -373,8 +499,8 @@ class Backend:
     def log_softmax(self, x, axis=-1, *, out=None):
         return log_softmax(x, axis, out=out, backend=self.name)
 
-    def logsumexp(self, x, axis=-1, *, out=None):
-        return logsumexp(x, axis, out=out, backend=self.name)
+    def logsumexp(self, a, axis=-1, b=None, keepdims=False, return_sign=False, *, out=None):
+        return logsumexp(a, axis, b, keepdims, return_sign, out=out, backend=self.name)
 
     def cross_entropy(self, logits, target, **options):
         return cross_entropy(logits, target, backend=self.name, **options)

@@ -2,8 +2,9 @@
 
 ``cases(dtype)`` yields ``(case_id, array, axis)``: shapes from empty to 4-d, every axis,
 C / Fortran / strided / reversed / read-only layouts, and value families that matter to a
-softmax: ordinary logits, +-1e4, -1e30, -inf masks, and rows that are all -inf, hold NaN
-or hold +inf.  Fixed seeds: every run sees the same arrays.
+softmax: ordinary logits, +-1e4, -1e30, -inf masks, confident slices (one logit ~30 above
+the rest: log-sum-exp and the top log-probability far below 1), and rows that are all
+-inf, hold NaN or hold +inf.  Fixed seeds: every run sees the same arrays.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastsm.bench import OPS  # the five public ops, in one place
 
 SHAPES = [(1,), (7,), (3, 1), (1, 5), (6, 13), (4, 5, 6), (2, 3, 2, 5), (33, 130)]
 EMPTY_SHAPES = [(0,), (5, 0), (0, 5), (2, 0, 3)]
-VALUE_FAMILIES = ("normal", "large", "huge_negative", "masked", "special_rows")
+VALUE_FAMILIES = ("normal", "large", "huge_negative", "masked", "confident", "special_rows")
 
 
 def values(shape, family, dtype, seed=0):
@@ -27,6 +28,9 @@ def values(shape, family, dtype, seed=0):
         a[rng.random(shape) < 0.4] = -1e30
     elif family == "masked":
         a[rng.random(shape) < 0.3] = -np.inf
+    elif family == "confident":
+        a -= 30.0
+        a[rng.random(shape) < 0.15] += 30.0
     elif family == "special_rows" and a.ndim >= 1:
         flat = a.reshape(-1, a.shape[-1])
         if flat.shape[0] >= 1:

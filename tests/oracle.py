@@ -12,10 +12,38 @@ import numpy as np
 LD = np.longdouble
 
 
+def _axes(axis, ndim):
+    """An int, a tuple of ints or None (all axes) as a tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    items = axis if isinstance(axis, tuple) else (axis,)
+    axes = tuple(_norm(a, ndim) for a in items)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"repeated axis in {axis!r}")
+    return axes
+
+
+def _norm(a, ndim):
+    if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
+        raise TypeError(f"axis {a!r} is not an integer")
+    if not -ndim <= a < ndim:
+        raise np.exceptions.AxisError(f"axis {a} is out of bounds for {ndim} dimensions")
+    return int(a) % ndim
+
+
 def _rows(x, axis):
-    x = np.moveaxis(np.asarray(x).astype(LD), axis, -1)
-    k = x.shape[-1]
-    return x, x.reshape(int(np.prod(x.shape[:-1])), k)
+    """(moved, x2): x in long double with the reduced axes last, and as (rows, their product)."""
+    x = np.asarray(x).astype(LD)
+    axes = _axes(axis, x.ndim)
+    last = tuple(range(x.ndim - len(axes), x.ndim))
+    moved = np.moveaxis(x, axes, last)
+    k = int(np.prod(moved.shape[x.ndim - len(axes):]))
+    return moved, moved.reshape(int(np.prod(moved.shape[:x.ndim - len(axes)])), k), axes, last
+
+
+def _back(out2, moved, axes, last):
+    """An elementwise result of x2's shape, back in x's layout."""
+    return np.moveaxis(out2.reshape(moved.shape), last, axes)
 
 
 def _special_rows(x2):
@@ -26,8 +54,31 @@ def _special_rows(x2):
     return has_nan | has_pinf | all_ninf
 
 
+def _log_sum_shifted(z):
+    """log(sum_c exp(z_c)) per row of z = x - max (each row holds a 0): log1p of the sum
+    without one maximal term, so a tiny total keeps its digits (log(1 + 4e-18) in long
+    double would keep only two)."""
+    e = np.exp(z)
+    rows = np.arange(z.shape[0])
+    e[rows, np.argmax(z, axis=1)] = 0
+    return np.log1p(e.sum(axis=1, keepdims=True))
+
+
+def _zero_d(fn):
+    """A 0-d input is one element along axis 0 (as in fastsm, torch and scipy)."""
+    def wrapper(x, axis=-1):
+        if np.ndim(x) == 0:
+            if axis not in (0, -1, None, (), (0,), (-1,)):
+                raise np.exceptions.AxisError(f"axis {axis} for a 0-d input")
+            return np.reshape(fn(np.reshape(x, (1,)), 0), ())
+        return fn(x, axis)
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+@_zero_d
 def log_softmax(x, axis=-1):
-    moved, x2 = _rows(x, axis)
+    moved, x2, axes, last = _rows(x, axis)
     out = np.full(x2.shape, np.nan, dtype=LD)
     ok = ~_special_rows(x2)
     xs = x2[ok]
@@ -35,23 +86,25 @@ def log_softmax(x, axis=-1):
         m = xs.max(axis=1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             z = xs - m
-            out[ok] = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return np.moveaxis(out.reshape(moved.shape), -1, axis)
+            out[ok] = z - _log_sum_shifted(z)
+    return _back(out, moved, axes, last)
 
 
+@_zero_d
 def softmax(x, axis=-1):
-    moved, x2 = _rows(x, axis)
+    moved, x2, axes, last = _rows(x, axis)
     out = np.full(x2.shape, np.nan, dtype=LD)
     ok = ~_special_rows(x2)
     xs = x2[ok]
     if xs.size:
         e = np.exp(xs - xs.max(axis=1, keepdims=True))
         out[ok] = e / e.sum(axis=1, keepdims=True)
-    return np.moveaxis(out.reshape(moved.shape), -1, axis)
+    return _back(out, moved, axes, last)
 
 
+@_zero_d
 def logsumexp(x, axis=-1):
-    moved, x2 = _rows(x, axis)
+    moved, x2, axes, last = _rows(x, axis)
     n = x2.shape[0]
     out = np.empty(n, dtype=LD)
     for r in range(n):
@@ -64,8 +117,8 @@ def logsumexp(x, axis=-1):
             out[r] = -np.inf
         else:
             m = row.max()
-            out[r] = m + np.log(np.exp(row - m).sum())
-    return out.reshape(moved.shape[:-1])
+            out[r] = m + _log_sum_shifted((row - m)[None, :])[0, 0]
+    return out.reshape(moved.shape[:moved.ndim - len(axes)])
 
 
 def cross_entropy_terms(logits, target, weight=None, ignore_index=-100, label_smoothing=0.0):

@@ -7,7 +7,7 @@ import fastsm
 
 from . import oracle
 from .arrays import cases, values
-from .checks import assert_logs, assert_probabilities
+from .checks import assert_cross_entropy, assert_logs, assert_probabilities
 
 DTYPES = [np.float32, np.float64]
 
@@ -27,7 +27,8 @@ def test_elementwise_ops_match_oracle(backend, op, dtype):
     for case_id, arr, axis in cases(dtype):
         result = _run(op, backend, arr, axis)
         assert result.shape == arr.shape and result.dtype == arr.dtype, case_id
-        checker(result, getattr(oracle, op)(arr, axis), dtype, f"{backend} {op} {case_id}")
+        extra = (arr, axis) if op == "log_softmax" else ()
+        checker(result, getattr(oracle, op)(arr, axis), dtype, f"{backend} {op} {case_id}", *extra)
         n += 1
     assert n > 400  # the generator did yield its cases
 
@@ -38,7 +39,7 @@ def test_logsumexp_matches_oracle(backend, dtype):
         result = _run("logsumexp", backend, arr, axis)
         ref = oracle.logsumexp(arr, axis)
         assert result.shape == ref.shape and result.dtype == arr.dtype, case_id
-        assert_logs(result, ref, dtype, f"{backend} logsumexp {case_id}")
+        assert_logs(result, ref, dtype, f"{backend} logsumexp {case_id}", arr, axis, reduced=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -49,9 +50,9 @@ def test_long_rows_accumulate_accurately(backend, dtype, k):
     assert_probabilities(fastsm.softmax(x, backend=backend), oracle.softmax(x), dtype,
                          f"{backend} softmax k={k}")
     assert_logs(fastsm.log_softmax(x, backend=backend), oracle.log_softmax(x), dtype,
-                f"{backend} log_softmax k={k}")
+                f"{backend} log_softmax k={k}", x)
     assert_logs(fastsm.logsumexp(x, backend=backend), oracle.logsumexp(x), dtype,
-                f"{backend} logsumexp k={k}")
+                f"{backend} logsumexp k={k}", x, reduced=True)
 
 
 @pytest.mark.parametrize("k", [1, 3, 10, 17, 64, 1000])
@@ -60,8 +61,9 @@ def test_many_short_rows(backend, k):
     for dtype in DTYPES:
         x = values((2000, k), "masked", dtype, seed=k)
         assert_probabilities(fastsm.softmax(x, backend=backend), oracle.softmax(x), dtype, f"k={k}")
-        assert_logs(fastsm.log_softmax(x, backend=backend), oracle.log_softmax(x), dtype, f"k={k}")
-        assert_logs(fastsm.logsumexp(x, backend=backend), oracle.logsumexp(x), dtype, f"k={k}")
+        assert_logs(fastsm.log_softmax(x, backend=backend), oracle.log_softmax(x), dtype, f"k={k}", x)
+        assert_logs(fastsm.logsumexp(x, backend=backend), oracle.logsumexp(x), dtype, f"k={k}", x,
+                    reduced=True)
 
 
 def test_special_row_rules(backend):
@@ -96,4 +98,63 @@ def test_non_last_axis_tiled_copy(backend, shape, axis, dtype):
                       ("logsumexp", assert_logs)):
         result = _run(op, backend, x, axis)
         assert result.dtype == dtype
-        check(result, getattr(oracle, op)(x.astype(compute), axis), dtype, f"{backend} {op} {shape}")
+        extra = {"softmax": (), "log_softmax": (x, axis), "logsumexp": (x, axis, True)}[op]
+        check(result, getattr(oracle, op)(x.astype(compute), axis), dtype, f"{backend} {op} {shape}",
+              *extra)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_results_far_below_one_keep_their_digits(backend, dtype):
+    """[0, -t]: log-sum-exp = log1p(exp(-t)), the top log-probability = -log1p(exp(-t)), the
+    cross-entropy of the confident right answer the same: values down to 1e-304 (float64;
+    float32 to its subnormals) within 4 ulp, where log(1 + tiny) rounds them to 0."""
+    top = 700 if dtype == np.float64 else 100
+    x = np.array([[0.0, -t] for t in range(10, top + 1, 5)], dtype)
+    assert_logs(fastsm.logsumexp(x, backend=backend), oracle.logsumexp(x), dtype, "lse", x,
+                reduced=True)
+    assert_logs(fastsm.log_softmax(x, backend=backend), oracle.log_softmax(x), dtype, "logp", x)
+    target = np.zeros(len(x), np.int64)
+    loss, grad = fastsm.cross_entropy_with_grad(x, target, reduction="none", backend=backend)
+    assert_cross_entropy(loss, grad, x, target, {"reduction": "none"}, dtype, "ce")
+    soft = np.tile(np.array([1.0, 0.0], dtype), (len(x), 1))
+    loss = fastsm.cross_entropy(x, soft, reduction="none", backend=backend)
+    assert_cross_entropy(loss, None, x, soft, {"reduction": "none"}, dtype, "ce soft")
+    # scipy's gh-18295, exactly: log1p(exp(-40)) rounded to float64
+    if dtype == np.float64:
+        assert fastsm.logsumexp(np.array([0.0, -40.0]), backend=backend) == 4.248354255291589e-18
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [3, 40, 3000])
+def test_confident_rows_take_the_careful_path(backend, dtype, k):
+    """Every row's top logit 35 above the rest: every row's sum is below 2, so every row
+    sums again without its max (short rows blocked, long rows over several chunks)."""
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((300, k)).astype(dtype)
+    x[np.arange(300), rng.integers(0, k, 300)] = 35.0 + np.log(k)
+    x -= np.asarray(35.0 + np.log(k), dtype)  # results near 0: relative accuracy shows
+    assert_logs(fastsm.logsumexp(x, backend=backend), oracle.logsumexp(x), dtype, f"lse k={k}",
+                x, reduced=True)
+    assert_logs(fastsm.log_softmax(x, backend=backend), oracle.log_softmax(x), dtype,
+                f"logp k={k}", x)
+    target = np.argmax(x, axis=1)
+    for options in ({"reduction": "none"}, {"reduction": "none", "label_smoothing": 0.1},
+                    {"reduction": "mean"}):
+        loss, grad = fastsm.cross_entropy_with_grad(x, target, backend=backend, **options)
+        assert_cross_entropy(loss, grad, x, target, options, dtype, f"ce k={k} {options}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1000, 32000, 200_000])
+def test_long_rows_cross_entropy(backend, dtype, k):
+    """The loss's own sums (sum q_c (x_c - m) for soft targets and label smoothing) run in
+    chunks: 4 ulp holds at 200k classes."""
+    rng = np.random.default_rng(k)
+    x = (rng.standard_normal((3, k)) * 2).astype(dtype)
+    t = rng.random((3, k))
+    soft = (t / t.sum(1, keepdims=True)).astype(dtype)
+    index = rng.integers(0, k, 3)
+    for target, options in ((soft, {"reduction": "none"}),
+                            (index, {"reduction": "none", "label_smoothing": 0.2})):
+        loss = fastsm.cross_entropy(x, target, backend=backend, **options)
+        assert_cross_entropy(loss, None, x, target, options, dtype, f"k={k} {options}")

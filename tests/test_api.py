@@ -105,8 +105,9 @@ def test_read_only_out(backend):
 def test_bad_axis(backend):
     with pytest.raises(np.exceptions.AxisError):
         fastsm.softmax(np.ones((2, 3)), axis=2, backend=backend)
-    with pytest.raises(np.exceptions.AxisError):
-        fastsm.logsumexp(np.float64(1.0), backend=backend)
+    with pytest.raises(np.exceptions.AxisError):  # a 0-d input has one axis-like element
+        fastsm.logsumexp(np.float64(1.0), axis=1, backend=backend)
+    assert fastsm.logsumexp(np.float64(1.0), backend=backend) == 1.0  # as torch and scipy
     with pytest.raises(TypeError):
         fastsm.softmax(np.ones((2, 3)), axis=1.5, backend=backend)
 

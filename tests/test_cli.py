@@ -1,6 +1,7 @@
 """The command line as a user meets it: help, usage errors that name the bad value, outputs."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -75,3 +76,16 @@ def test_plot_writes_a_png_with_every_contender(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {out}" in proc.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_import_from_the_folder_holding_a_clone_named_fastsm(tmp_path):
+    # The checkout's root, seen under the name `fastsm` from its parent folder, is a directory
+    # without __init__.py: an import hook placed after the path scan loses to it (the namespace
+    # package has no softmax). Installed fastsm, editable or not, must win.
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "fastsm").symlink_to(root, target_is_directory=True)
+    proc = subprocess.run([sys.executable, "-c",
+                           "import fastsm; print(fastsm.softmax([0.0, 0.0]).tolist())"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[0.5, 0.5]"

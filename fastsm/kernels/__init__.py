@@ -16,7 +16,10 @@ front's decision (``fastsm/_parallel.py``: adaptive, within the process's core b
     ce_index(x, target, weight, ignore_index, smoothing, scale, loss, grad, nthreads)
     ce_soft(x, target, weight, smoothing, scale, loss, grad, nthreads)
 
-with ``lse_r = m_r + log(sum_c exp(x[r, c] - m_r))``, ``m_r = max_c x[r, c]``.  Rows holding
+with ``lse_r = m_r + log(sum_c exp(x[r, c] - m_r))``, ``m_r = max_c x[r, c]``, where the log
+term is ``log1p`` of the sum without one maximal element's 1 wherever that sum is below 1:
+results far below 1 (lse of [0, -40], the top log-probability of a confident row, its
+cross-entropy) keep 4 ulp of relative accuracy (tests/checks.py).  Rows holding
 NaN or +inf, and rows that are all -inf, give NaN in softmax/log_softmax; logsumexp gives
 NaN, +inf and -inf for them respectively.
 

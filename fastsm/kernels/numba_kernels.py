@@ -14,7 +14,12 @@ Design
 - Vectors: every hot function asks LLVM for 512-bit vectors (``_wide_vectors``); the
   generated code is checked with ``inspect_asm`` (zmm FMAs, vpmaxsd, no gathers).
 - Sums accumulate in float64 (200k float32 classes keep 3e-6), in a function of their
-  own: the exp loops carry only ``contract``.  Rows shorter than 32 are shifted tile by
+  own: the exp loops carry only ``contract``.
+- Near zero: the log ops take log1p of the exp-sum without the max's own 1 where the
+  sum is below 2 (``_row_stats``' ``ts``, ``_log_sum``), so lse([0, -40]) is 4.2e-18, not
+  0: long rows sum again for those rows only; short float32 rows use s - 1 (exact enough
+  in float64 down to 2^-20), short float64 rows a compensated (TwoSum) sum, which costs
+  15-35% of a 65536x10 float64 log op (no extended type here, unlike the C kernels).  Rows shorter than 32 are shifted tile by
   tile and exp runs once over the contiguous tile, since a 10-element loop never reaches
   the vector body.  Rows are walked in L1-sized tiles, each finished (scaled, logged)
   while in L1; one kernel driver (``_tiled``) with one finisher per op.
@@ -291,24 +296,33 @@ def _block_exp(e, lo, hi):
 
 @njit(inline="always", error_model="numpy")
 def _workspace(xf, k):
-    """(rows per tile, max per row, sum per row, exp scratch) for one prange block."""
+    """(rows per tile, max, sum and sum-less-one per row, exp scratch) for a prange block."""
     tile = max(1, _TILE // k)
     scratch = np.empty(tile * k if k < _SHORT_K else _CHUNK, xf.dtype)
-    return tile, np.empty(tile, xf.dtype), np.empty(tile, np.float64), scratch
+    return (tile, np.empty(tile, xf.dtype), np.empty(tile, np.float64),
+            np.empty(tile, np.float64), scratch)
 
 
 @njit(inline="always", error_model="numpy")
-def _row_stats(xf, ef, r0, r1, k, store, ms, ss, scratch):
+def _row_stats(xf, ef, r0, r1, k, store, ms, ss, ts, scratch, want_t):
     """ms[j], ss[j] = max and exp-sum of row r0 + j of flat (n*k,) data, for the rows of
     one tile (r0..r1); the exponentials go to ef[r0*k : r1*k] when store, else through
     ``scratch``.  Long rows go row by row; short rows are shifted first and exp runs once
-    over the tile, since a 10-element loop never reaches the vector body."""
+    over the tile, since a 10-element loop never reaches the vector body.
+
+    ts[j]: with ``want_t`` (the log ops), the sum without the max's own 1 to full relative
+    accuracy where ``_log_sum`` needs it, else -1.  Long rows: summed again without the
+    max where the sum is below 2.  Short rows: float32 rows take s - 1 (the float64 sum
+    holds it to k * 1e-16, enough for float32 down to 2^-20; below, summed again);
+    float64 rows sum compensated (TwoSum: hi + lo carries twice double's precision)."""
     if k >= _SHORT_K:
         for i in range(r0, r1):
             lo = i * k
             m = _row_max(xf, lo, lo + k)
             ms[i - r0] = m
-            ss[i - r0] = _row_exp_sum(xf, ef, lo, lo + k, m, store, scratch)
+            total = _row_exp_sum(xf, ef, lo, lo + k, m, store, scratch)
+            ss[i - r0] = total
+            ts[i - r0] = _sum_but_max(xf, lo, k, m, scratch) if want_t and total < 2.0 else -1.0
         return
     nb = r1 - r0
     buf = ef[r0 * k:r1 * k] if store else scratch[:nb * k]
@@ -323,10 +337,36 @@ def _row_stats(xf, ef, r0, r1, k, store, ms, ss, scratch):
     _block_exp(buf, 0, nb * k)
     for j in range(nb):
         br = buf[j * k:j * k + k]
-        acc = 0.0
-        for c in range(k):
-            acc += br[c]
-        ss[j] = acc
+        if want_t and xf.itemsize == 8:
+            hi = 0.0
+            lo = 0.0
+            for c in range(k):
+                v = np.float64(br[c])
+                total = hi + v
+                vv = total - hi
+                lo += (hi - (total - vv)) + (v - vv)
+                hi = total
+            ss[j] = hi + lo
+            ts[j] = (hi - 1.0) + lo
+        else:
+            acc = 0.0
+            for c in range(k):
+                acc += br[c]
+            ss[j] = acc
+            ts[j] = acc - 1.0 if want_t else -1.0
+    if want_t and xf.itemsize == 4:
+        # float32 rows whose s - 1 is under 2^-20 (rare): the exponentials less one 1
+        for j in range(nb):
+            if 0.0 <= ts[j] < 2.0 ** -20:
+                xr = xb[j * k:j * k + k]
+                br = buf[j * k:j * k + k]
+                skip = 0
+                while xr[skip] != ms[j]:
+                    skip += 1
+                rest = 0.0
+                for c in range(k):
+                    rest += br[c] if c != skip else 0.0
+                ts[j] = rest
 
 
 # ------------------------------------------------------------------ kernels (flat views)
@@ -341,12 +381,12 @@ def _tiled_rows(xf, ef, n, k, store, aux, nblocks, rows_per):
     A template: ``_tiled`` gives each kernel its own ``finish``."""
     for b in prange(nblocks):
         _wide_vectors()
-        tile, ms, ss, scratch = _workspace(xf, k)
+        tile, ms, ss, ts, scratch = _workspace(xf, k)
         r1 = min(n, b * rows_per + rows_per)
         for t0 in range(b * rows_per, r1, tile):
             t1 = min(r1, t0 + tile)
-            _row_stats(xf, ef, t0, t1, k, store, ms, ss, scratch)
-            finish(xf, ef, k, t0, t1, ms, ss, aux)  # noqa: F821 (a global of each copy)
+            _row_stats(xf, ef, t0, t1, k, store, ms, ss, ts, scratch, want_t)  # noqa: F821
+            finish(xf, ef, k, t0, t1, ms, ss, ts, aux, scratch)  # noqa: F821 (globals of each copy)
 
 
 def _tiled(finish, parallel):
@@ -358,7 +398,9 @@ def _tiled(finish, parallel):
     neither the finisher nor the parallel flag: each copy gets its own name."""
     op = finish.py_func.__name__.replace("_finish_", "")
     name = f"_{op}_{'parallel' if parallel else 'serial'}"
-    kernel = FunctionType(_tiled_rows.__code__, dict(globals(), finish=finish), name)
+    # want_t: the log ops need the sum without the max's 1 (see _row_stats); softmax not
+    spec = dict(globals(), finish=finish, want_t=op != "softmax")
+    kernel = FunctionType(_tiled_rows.__code__, spec, name)
     kernel.__qualname__ = name
     options = dict(fastmath={"contract"}, nogil=True, error_model="numpy", parallel=parallel)
     try:
@@ -367,10 +409,46 @@ def _tiled(finish, parallel):
         return njit(**options)(kernel)
 
 
+@njit(inline="always", error_model="numpy")
+def _log_sum(s, t):
+    """log(s) for s = sum exp(x - m) over a row, the maximal element's own 1 included;
+    t: that sum without the 1, to full accuracy, or -1 where not needed (s >= 2).
+
+    Where s < 2 the other terms lost their low digits against that 1 (logsumexp([0, -40])
+    came out 0), so log1p(t) is returned, as log(u) + (t - (u - 1)) * max(2 - u, 0),
+    u = 1 + t: one log, no branch (see rowops_impl.h's log_sum for the error terms)."""
+    if t >= 0.0:
+        u = 1.0 + t
+        return np.log(u) + (t - (u - 1.0)) * max(2.0 - u, 0.0)
+    return np.log(s)
+
+
+@njit(error_model="numpy")
+def _sum_but_max(xf, lo, k, m, scratch):
+    """sum exp(x[lo:lo+k] - m) over all but the first maximal element, chunk by chunk
+    through ``scratch`` so the exp and sum loops stay the vectorised ones.  Called for
+    long rows whose sum is below 2 (finite m, no NaN: a maximal j exists), once, while
+    the row is in L1/L2.  Rejected, measured: the check and this call in each finisher
+    instead of here, 2.5-3.5 us more per 64x128 log_softmax/logsumexp (15-20%)."""
+    xs = xf[lo:lo + k]
+    j = 0
+    while xs[j] != m:
+        j += 1
+    t = 0.0
+    width = min(k, _CHUNK)
+    for c0 in range(0, k, width):
+        c1 = min(k, c0 + width)
+        _exp_shifted(xs, scratch, c0, c1, m, 0)
+        if c0 <= j < c1:
+            scratch[j - c0] = 0
+        t += _sum64(scratch, 0, c1 - c0)
+    return t
+
+
 # Finishers: rows t0..t1 with max ms[i - t0] and exp-sum ss[i - t0].  Inner loops index
 # 0-based row slices (see _exp_shifted).
 @njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def _finish_softmax(xf, of, k, t0, t1, ms, ss, aux):
+def _finish_softmax(xf, of, k, t0, t1, ms, ss, ts, aux, scratch):
     for i in range(t0, t1):
         inv = _like(xf, 1.0 / ss[i - t0])
         orow = of[i * k:i * k + k]
@@ -379,10 +457,10 @@ def _finish_softmax(xf, of, k, t0, t1, ms, ss, aux):
 
 
 @njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def _finish_log_softmax(xf, of, k, t0, t1, ms, ss, aux):
+def _finish_log_softmax(xf, of, k, t0, t1, ms, ss, ts, aux, scratch):
     for i in range(t0, t1):
         m = ms[i - t0]
-        logs = _like(xf, np.log(ss[i - t0]))
+        logs = _like(xf, _log_sum(ss[i - t0], ts[i - t0]))
         xrow = xf[i * k:i * k + k]
         orow = of[i * k:i * k + k]
         for c in range(k):
@@ -390,11 +468,11 @@ def _finish_log_softmax(xf, of, k, t0, t1, ms, ss, aux):
 
 
 @njit(inline="always", error_model="numpy")
-def _finish_logsumexp(xf, ef, k, t0, t1, ms, ss, out):
+def _finish_logsumexp(xf, ef, k, t0, t1, ms, ss, ts, out, scratch):
     for i in range(t0, t1):
         m = ms[i - t0]
         if np.isfinite(m):
-            out[i] = m + np.log(ss[i - t0])
+            out[i] = m + _log_sum(ss[i - t0], ts[i - t0])
         else:  # +-inf max: the answer is that max, unless the row holds NaN
             v = m
             xrow = xf[i * k:i * k + k]
@@ -406,30 +484,56 @@ def _finish_logsumexp(xf, ef, k, t0, t1, ms, ss, out):
 
 
 @njit(inline="always", error_model="numpy")
-def _finish_ce(xf, gf, k, t0, t1, ms, ss, aux):
+def _finish_ce(xf, gf, k, t0, t1, ms, ss, ts, aux, scratch):
     tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, has_grad = aux
     for i in range(t0, t1):
         _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss,
-                gf, has_grad, k, i, ms[i - t0], ss[i - t0])
+                gf, has_grad, k, i, ms[i - t0], ss[i - t0], ts[i - t0], scratch)
+
+
+@njit(fastmath={"reassoc", "contract"}, error_model="numpy")
+def _soft_sums(trow, xrow, w, m, keep, eps_k, c0, c1):
+    """(sum q_c (x_c - m), sum q_c) over classes c0..c1 of a soft-target row.  Its own
+    function for "reassoc" (lane sums, as _sum64): one sequential double sum over 32k
+    classes drifted by 55 ulp.  Differences in float64: exact for float32 input."""
+    _wide_vectors()
+    ts, xs, ws = trow[c0:c1], xrow[c0:c1], w[c0:c1]
+    qz = 0.0
+    big_q = 0.0
+    for c in range(ts.size):
+        q = ws[c] * (keep * ts[c] + eps_k)
+        qz += q * (np.float64(xs[c]) - np.float64(m)) if q != 0.0 else 0.0
+        big_q += q
+    return qz, big_q
+
+
+@njit(fastmath={"reassoc", "contract"}, error_model="numpy")
+def _weighted_shift_sum(xrow, w, m, c0, c1):
+    """sum w_c (x_c - m) over classes c0..c1 (label smoothing's term); see _soft_sums."""
+    _wide_vectors()
+    xs, ws = xrow[c0:c1], w[c0:c1]
+    wz = 0.0
+    for c in range(xs.size):
+        wz += ws[c] * (np.float64(xs[c]) - np.float64(m)) if ws[c] != 0.0 else 0.0
+    return wz
 
 
 @njit(inline="always", error_model="numpy")
 def _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, gf, has_grad,
-            k, i, m, s):
+            k, i, m, s, t, scratch):
     """Loss (and gradient row, from the exponentials already in it) of row i."""
     lo = i * k
     xrow = xf[lo:lo + k]
     grow = gf[lo:lo + k] if has_grad else gf[0:0]
-    logs = np.log(s)
     if soft:
+        logs = _log_sum(s, t)
         trow = tgt[lo:lo + k]
         qz = 0.0
         big_q = 0.0
-        for c in range(k):
-            q = w[c] * (keep * trow[c] + eps_k)
-            z = np.float64(xrow[c] - m)
-            qz += q * z if q != 0.0 else 0.0
-            big_q += q
+        for c0 in range(0, k, _CHUNK):  # chunk sums added in order: bounded drift
+            qz_part, q_part = _soft_sums(trow, xrow, w, m, keep, eps_k, c0, min(k, c0 + _CHUNK))
+            qz += qz_part
+            big_q += q_part
         loss[i] = big_q * logs - qz
         if has_grad:
             a = _like(xf, scale * big_q / s)
@@ -444,12 +548,16 @@ def _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, gf,
                 for c in range(k):
                     grow[c] = 0
             return
+        logs = _log_sum(s, t)
         wy = w[y]
-        lval = keep * wy * (logs - (np.float64(xrow[y]) - np.float64(m)))
+        # a zero weight contributes 0 even where x = -inf (0 log 0 = 0); 0 * logs keeps a
+        # dead row (no usable logit: logs is NaN) NaN
+        keep_w = keep * wy
+        lval = keep_w * (logs - (np.float64(xrow[y]) - np.float64(m))) if keep_w != 0.0 else 0.0 * logs
         if eps_k != 0.0:
             wz = 0.0
-            for c in range(k):
-                wz += w[c] * np.float64(xrow[c] - m)
+            for c0 in range(0, k, _CHUNK):
+                wz += _weighted_shift_sum(xrow, w, m, c0, min(k, c0 + _CHUNK))
             lval += eps_k * (w_sum * logs - wz)
         loss[i] = lval
         if has_grad:

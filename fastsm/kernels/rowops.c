@@ -14,6 +14,12 @@
  *   only lets gcc if-convert the clamp (no effect on NaN/inf results), and
  *   `#pragma omp simd reduction` for the vector sums, so no fast-math is needed.
  * - Sums accumulate in double, also for float input (200k-class rows keep 3e-6).
+ * - Near zero (rowops_impl.h, log_sum): a row whose exp-sum s is below 2 has its log term
+ *   taken as log1p of the sum without the max's own 1, so lse([0, -40]) is 4.2e-18, not 0.
+ *   Long rows sum again for such rows only (rare with many classes); short rows get the
+ *   small part from the block's own sum: float rows as s - 1 (exact in the double sum down
+ *   to 2^-20), double rows from an x87 extended sum (compensated TwoSum where long
+ *   double is not wider), which costs 10-15% of a 65536x10 double log op.
  * - Rows shorter than FSM_SHORT_K are processed in blocks so exp runs over a long
  *   contiguous stretch instead of a 10-element loop that never reaches the vector body.
  * - Portable binaries with fast code: on x86-64 Linux with gcc every kernel is built three
@@ -34,7 +40,26 @@
 #define FSM_HAVE_CLONES 0
 #endif
 
-static inline float fsm_expf(float x)
+/* Every helper is forced inline: only the exported kernels are cloned per instruction set,
+ * so a helper gcc chose to leave out of line ran baseline SSE2 code inside the AVX-512
+ * clone (seen: row_exp_sum_f64 out of line after the finishers grew, CE+grad float64
+ * 4096x1000 4.9 -> 17 ms). */
+#if defined(__GNUC__)
+#define FSM_INLINE static inline __attribute__((always_inline))
+#else
+#define FSM_INLINE static inline
+#endif
+
+/* Short double rows sum in x87 extended precision where long double is that (see
+ * block_exp); elsewhere a compensated double sum does the same job, slower. */
+#include <float.h>
+#if defined(__x86_64__) && LDBL_MANT_DIG >= 64 && !defined(FSM_NO_X87)
+#define FSM_X87_SUMS 1
+#else
+#define FSM_X87_SUMS 0
+#endif
+
+FSM_INLINE float fsm_expf(float x)
 {
     x = (-104.0f > x) ? -104.0f : x; /* maxps semantics: NaN stays NaN; -inf -> underflow */
     float t = x * 1.44269504088896341f + 12582912.0f; /* 1.5 * 2^23: round to integer */
@@ -60,7 +85,7 @@ static inline float fsm_expf(float x)
     return p * s1 * s2;
 }
 
-static inline double fsm_exp(double x)
+FSM_INLINE double fsm_exp(double x)
 {
     x = (-746.0 > x) ? -746.0 : x;
     double t = x * 1.4426950408889634074 + 6755399441055744.0; /* 1.5 * 2^52 */

@@ -1,0 +1,93 @@
+"""A/B of kernel modules: another checkout's kernels against this one's, in one process.
+
+    python -m benchmarks.ab_kernels /path/to/other/checkout [--rounds 40] [--threads 2]
+
+Loads ``fastsm/kernels/{cython_kernels*.so, numba_kernels.py, numpy_kernels.py}`` of the other
+checkout under other module names, then times old and new kernel calls alternately on the same
+arrays (``fastsm bench``'s cell data), so both see the same machine state; prints the median
+of each and new/old.  The front (validation, the thread controller) is bypassed: both get
+``--threads`` threads.  For kernel changes only: the other checkout must be built in place.
+"""
+
+import os
+import tempfile
+
+# Numba's cache is keyed by source path, not module name: the other checkout's kernels,
+# loaded under another name, would write entries that its own imports then fail to load
+# ("No module named ..."), so this process caches in a directory of its own.
+os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastsm-ab-")
+
+import argparse  # noqa: E402
+import glob  # noqa: E402
+import importlib.util  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from fastsm import _registry  # noqa: E402
+from fastsm.bench import cell_data  # noqa: E402
+
+SHAPES = ((4096, 1000), (512, 32000), (65536, 10), (64, 128))
+OPS = ("softmax", "log_softmax", "logsumexp", "ce_with_grad")
+
+
+def load_other(root, backend):
+    kernels = Path(root) / "fastsm" / "kernels"
+    if backend == "cython":
+        path = glob.glob(str(kernels / "cython_kernels*.so"))[0]
+        name = "fastsm_ab_other.cython_kernels"  # the extension's init name is its last part
+    else:
+        path = str(kernels / f"{backend}_kernels.py")
+        name = f"fastsm_ab_other_{backend}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def caller(mod, op, x, target, threads):
+    n, k = x.shape
+    if op == "logsumexp":
+        out = np.empty(n, x.dtype)
+        return lambda: mod.logsumexp(x, out, threads)
+    if op == "ce_with_grad":
+        w, loss, grad = np.ones(k), np.empty(n), np.empty_like(x)
+        return lambda: mod.ce_index(x, target, w, -100, 0.0, 1.0 / n, loss, grad, threads)
+    out = np.empty_like(x)
+    return lambda: getattr(mod, op)(x, out, threads)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("other", help="root of the other checkout (built in place)")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backends", default="cython,numba,numpy")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES))
+    parser.add_argument("--ops", default=",".join(OPS))
+    args = parser.parse_args(argv)
+    print(f"{'backend':8} {'op':13} {'shape':10} {'dtype':8} {'old':>10} {'new':>10} new/old")
+    for backend in args.backends.split(","):
+        new_mod, old_mod = _registry.load(backend), load_other(args.other, backend)
+        for op in args.ops.split(","):
+            for shape in [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]:
+                for dtype in args.dtypes.split(","):
+                    x, target = cell_data(shape, dtype, True)
+                    fns = [caller(m, op, x, target, args.threads) for m in (old_mod, new_mod)]
+                    for fn in fns * 3:
+                        fn()  # JIT load, thread start, page faults
+                    times = ([], [])
+                    for _ in range(args.rounds):
+                        for i in (0, 1) if _ % 2 else (1, 0):
+                            t0 = time.perf_counter()
+                            fns[i]()
+                            times[i].append(time.perf_counter() - t0)
+                    old, new = (float(np.median(t)) for t in times)
+                    print(f"{backend:8} {op:13} {'x'.join(map(str, shape)):10} {dtype:8} "
+                          f"{old * 1e6:9.1f}u {new * 1e6:9.1f}u {new / old:6.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
