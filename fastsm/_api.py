@@ -11,6 +11,7 @@ returned as float64 (like ``np.exp``).  Anything else raises TypeError.
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -88,8 +89,8 @@ def _as_rows(x, axis, what="x"):
     axes = _axes(axis, x.ndim)
     nd, na = x.ndim, len(axes)
     moved = x if axes == tuple(range(nd - na, nd)) else np.moveaxis(x, axes, range(nd - na, nd))
-    k = int(np.prod(moved.shape[nd - na:]))
-    n = moved.size // k if k else int(np.prod(moved.shape[:nd - na]))
+    k = math.prod(moved.shape[nd - na:])  # math.prod: np.prod of a tuple costs 5 us
+    n = moved.size // k if k else math.prod(moved.shape[:nd - na])
     if na == 1:
         x2 = _contiguous_rows(x, axes[0], moved, compute, n, k)
     else:
@@ -246,6 +247,13 @@ def logsumexp(a, axis=-1, b=None, keepdims=False, return_sign=False, *, out=None
     """
     if b is not None:
         return _logsumexp_scaled(a, b, axis, keepdims, return_sign, out, backend)
+    if (axis == -1 and out is None and not keepdims and not return_sign
+            and type(a) is np.ndarray and a.ndim == 2 and a.flags.c_contiguous
+            and (a.dtype == _F32 or a.dtype == _F64) and a.shape[1]):
+        # fast path for the common call, as in _elementwise
+        res = np.empty(a.shape[0], a.dtype)
+        _logsumexp_rows(a, res, backend)
+        return res
     x, compute, result, axes, moved, x2 = _as_rows(a, axis, "a")
     n, k = x2.shape
     shape = _reduced_shape(x.shape, axes, keepdims)

@@ -1,0 +1,240 @@
+"""fastsm on Dask arrays: lazy softmax, log_softmax, logsumexp and cross-entropy on Dask's own
+schedulers (threads, processes, ``dask.distributed``), for data larger than memory.
+
+An adapter above the front: every block goes through fastsm's public functions (so the
+kernels see what the front validates) and nothing here keeps state, so the functions and
+their arguments pickle to worker processes.
+
+Design
+- Class axis in one chunk: one ``map_blocks`` call per block, exactly the in-memory result.
+- Class axis in several chunks: a ``da.reduction`` of per-chunk row statistics
+  ``(m, L)`` = (row max, log of the row's sum of exp(x - m)) in float64, combined by
+  rescaling (``M = max m_k``, ``L = log sum_k exp(m_k - M + L_k)``, itself a fastsm
+  logsumexp), then one blockwise pass: log_softmax = (x - M) - L, softmax = exp of that.
+  Carrying (M, L) instead of lse = M + L keeps L when |M| is huge (rows of -1e30), as the
+  in-memory kernels do.  The per-chunk L is fastsm's logsumexp of the chunk in float64
+  minus its max, so results near zero keep their digits through the combination.
+- Cross-entropy: per block of rows, the per-sample losses and the mean's weight sum, then
+  ``sum``/``mean`` over blocks as the in-memory version divides (sum of losses / sum of
+  target weights).  It needs the class axis in one chunk for now (``x.rechunk({-1: -1})``).
+- Threads: nothing to set.  dask.distributed's nanny starts each worker process with
+  OMP_NUM_THREADS=1 (its ``distributed.nanny.pre-spawn-environ``), which fastsm reads as
+  its thread count, so a worker runs ``threads_per_worker`` one-thread kernels at a time,
+  and a cluster of n_workers x threads_per_worker = cores never oversubscribes.  On the
+  threaded scheduler (one process) fastsm's core budget does it: a call gets extra
+  threads only from cores no other fastsm call holds, so the pool's threads, each in a
+  kernel, run one thread each.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+try:
+    import dask.array as da
+except ImportError as exc:  # pragma: no cover - the [dask] extra is absent
+    raise ImportError("fastsm.dask needs Dask: pip install -e '.[dask]' "
+                      "(dask[array] and distributed)") from exc
+
+import fastsm
+from . import _api
+
+__all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_with_grad"]
+
+_STATS = np.dtype([("m", np.float64), ("L", np.float64)])
+
+
+def _as_dask(x, what="x"):
+    x = x if isinstance(x, da.Array) else da.asarray(x)
+    compute, result = _api._dtypes(np.dtype(x.dtype), what)
+    return x, compute, result
+
+
+def _axis(axis, ndim):
+    if isinstance(axis, tuple) or axis is None:
+        raise TypeError(f"axis={axis!r}: fastsm.dask takes one integer axis")
+    return _api.normalize_axis_index(_api._integer("axis", axis), ndim)
+
+
+# ----------------------------------------------------------------------------- row statistics
+def _chunk_stats(x, axis, keepdims, backend=None):
+    """(m, L) per slice of one chunk, float64, the reduced axis kept: L is the logsumexp of
+    x - m, so a tiny L (a confident row) keeps its digits whatever the size of m."""
+    x = np.array(x, dtype=np.float64)  # a copy: shifted in place below
+    ax = axis[0]
+    stats = np.empty(x.shape[:ax] + (1,) + x.shape[ax + 1:], _STATS)
+    if x.shape[ax] == 0:
+        stats["m"], stats["L"] = -np.inf, -np.inf
+        return stats
+    with np.errstate(invalid="ignore"):
+        m = np.max(x, axis=ax, keepdims=True)
+        x -= np.where(np.isfinite(m), m, 0)  # +-inf/NaN slices: L is their logsumexp itself
+        stats["m"] = m
+        stats["L"] = fastsm.logsumexp(x, axis=ax, keepdims=True, backend=backend)
+    return stats
+
+
+def _combine_stats(stats, axis, keepdims, backend=None):
+    """Merge per-chunk (m, L) along the reduced axis: M = max m, L = log sum exp(m - M + L)."""
+    if isinstance(stats, list):
+        stats = np.concatenate(stats, axis=axis[0])
+    m, L = stats["m"], stats["L"]
+    out = np.empty(m.shape[:axis[0]] + (1,) + m.shape[axis[0] + 1:], _STATS)
+    with np.errstate(invalid="ignore"):
+        big = np.max(m, axis=axis[0], keepdims=True)
+        finite = np.isfinite(big)
+        shifted = np.where(np.isfinite(m), m - np.where(finite, big, 0) + L,
+                           np.where(np.isnan(m) | np.isnan(L), np.nan, m))
+        out["m"] = big
+        out["L"] = fastsm.logsumexp(shifted, axis=axis[0], keepdims=True, backend=backend)
+    return out
+
+
+def _row_stats(x, axis, backend):
+    chunk = functools.partial(_chunk_stats, backend=backend)
+    merge = functools.partial(_combine_stats, backend=backend)
+    return da.reduction(x, chunk, merge, combine=merge, axis=axis, keepdims=True, dtype=_STATS,
+                        concatenate=False, meta=np.empty((0,) * x.ndim, _STATS))
+
+
+def _lse_from_stats(stats, result):
+    m, L = stats["m"], stats["L"]
+    with np.errstate(invalid="ignore"):
+        # a finite max: m + L; +-inf or NaN max: the combined L already holds the answer
+        value = np.where(np.isfinite(m), m + L, L)
+    return value.astype(result)
+
+
+def _normalise(x, stats, log, result):
+    """(x - M) - L, or its exp, with the combined row statistics of x's slices."""
+    m, L = stats["m"], stats["L"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = (np.asarray(x, np.float64) - m) - L
+        bad = ~np.isfinite(m) | np.isnan(L)  # all -inf, +inf or NaN slices: NaN, as in memory
+        out = np.where(bad, np.nan, np.exp(out) if not log else out)
+    return out.astype(result)
+
+
+# ----------------------------------------------------------------------------- public
+def logsumexp(x, axis=-1, keepdims=False, *, backend=None):
+    """``fastsm.logsumexp`` of a Dask array along one axis, lazily (any chunking)."""
+    x, compute, result = _as_dask(x)
+    ax = _axis(axis, x.ndim)
+    if x.numblocks[ax] == 1:
+        return x.map_blocks(fastsm.logsumexp, axis=ax, keepdims=keepdims, backend=backend,
+                            drop_axis=[] if keepdims else ax,
+                            chunks=tuple((1,) if i == ax else c for i, c in enumerate(x.chunks))
+                            if keepdims else None, dtype=result)
+    stats = _row_stats(x, ax, backend)
+    lse = stats.map_blocks(_lse_from_stats, result, dtype=result)
+    return lse if keepdims else lse.squeeze(axis=ax)
+
+
+def _elementwise(name, x, axis, backend):
+    x, compute, result = _as_dask(x)
+    ax = _axis(axis, x.ndim)
+    if x.numblocks[ax] == 1:
+        return x.map_blocks(getattr(fastsm, name), axis=ax, backend=backend, dtype=result)
+    stats = _row_stats(x, ax, backend)
+    return da.map_blocks(_normalise, x, stats, name == "log_softmax", result, dtype=result)
+
+
+def softmax(x, axis=-1, *, backend=None):
+    """``fastsm.softmax`` of a Dask array along one axis, lazily (any chunking)."""
+    return _elementwise("softmax", x, axis, backend)
+
+
+def log_softmax(x, axis=-1, *, backend=None):
+    """``fastsm.log_softmax`` of a Dask array along one axis, lazily (any chunking)."""
+    return _elementwise("log_softmax", x, axis, backend)
+
+
+def _ce_block(logits, target, weight, ignore_index, label_smoothing, backend, want_grad):
+    """(per-sample losses, gradient of their sum or None) for one block of rows."""
+    options = dict(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                   reduction="none", backend=backend)
+    if want_grad:
+        return fastsm.cross_entropy_with_grad(logits, target, **options)
+    return fastsm.cross_entropy(logits, target, **options), None
+
+
+def _first(pair):
+    return pair[0]
+
+
+def _second(pair):
+    return pair[1]
+
+
+def _sample_weights(target, weight, ignore_index, k):
+    """The weight each sample adds to the mean's denominator (0 where ignored)."""
+    t = np.asarray(target)
+    kept = (t != ignore_index) & (t >= 0) & (t < k)
+    w = np.ones(k) if weight is None else np.asarray(weight, np.float64)
+    return np.where(kept, w[np.where(kept, t, 0)], 0.0)
+
+
+def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction, backend,
+                   want_grad):
+    x, compute, result = _as_dask(logits, "logits")
+    if x.ndim < 2:
+        raise ValueError("fastsm.dask cross-entropy takes logits of shape (..., classes) with "
+                         f"at least one batch axis; got shape {x.shape}")
+    if x.numblocks[-1] != 1:
+        raise NotImplementedError(
+            f"the class axis of logits is in {x.numblocks[-1]} chunks; fastsm.dask's "
+            "cross-entropy needs it in one for now: logits.rechunk({-1: -1})")
+    if not isinstance(reduction, str) or reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction={reduction!r}; expected one of ['mean', 'sum', 'none']")
+    k = x.shape[-1]
+    t = target if isinstance(target, da.Array) else da.asarray(target)
+    soft = t.shape == x.shape
+    if not soft and t.shape != x.shape[:-1]:
+        raise ValueError(f"target has shape {t.shape}; expected {x.shape[:-1]} (class indices) "
+                         f"or {x.shape} (probabilities) for logits of shape {x.shape}")
+    t = t.rechunk(x.chunks if soft else x.chunks[:-1])
+    ind = tuple(range(x.ndim))
+    pairs = da.blockwise(_ce_block, ind[:-1], x, ind, t, ind if soft else ind[:-1],
+                         weight, None, ignore_index, None, float(label_smoothing), None,
+                         backend, None, want_grad, None, concatenate=True, dtype=object,
+                         meta=np.empty((0,) * (x.ndim - 1), object))
+    loss = pairs.map_blocks(_first, dtype=result, meta=np.empty((0,) * (x.ndim - 1), result))
+    if reduction == "none":
+        value = loss
+        scale = None
+    else:
+        total = loss.astype(np.float64).sum()
+        if reduction == "sum":
+            value, scale = total.astype(result), None
+        else:
+            if soft:
+                den = float(np.prod(x.shape[:-1]))
+            else:
+                den = t.map_blocks(_sample_weights, weight, ignore_index, k,
+                                   dtype=np.float64).sum()
+            value = (total / den).astype(result)
+            scale = den
+    if not want_grad:
+        return value
+    grad = pairs.map_blocks(_second, new_axis=[x.ndim - 1], chunks=x.chunks, dtype=result,
+                            meta=np.empty((0,) * x.ndim, result))
+    if scale is not None:
+        grad = (grad / scale).astype(result)
+    return value, grad
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoothing=0.0,
+                  reduction="mean", backend=None):
+    """``fastsm.cross_entropy`` of Dask logits (..., K) and target, lazily; same options,
+    same results.  The class axis must be in one chunk (for now)."""
+    return _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
+                          backend, want_grad=False)
+
+
+def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100,
+                            label_smoothing=0.0, reduction="mean", backend=None):
+    """``(loss, grad)`` as ``fastsm.cross_entropy_with_grad``, lazily, as Dask arrays."""
+    return _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
+                          backend, want_grad=True)

@@ -1,0 +1,149 @@
+"""fastsm.dask against in-memory fastsm: the threaded scheduler, the processes scheduler and a
+real dask.distributed LocalCluster (2 worker processes, 1 thread each)."""
+
+import numpy as np
+import pytest
+
+import fastsm
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+import fastsm.dask as fd  # noqa: E402
+
+from .checks import assert_logs  # noqa: E402
+
+# class-axis chunkings: one chunk, several even, uneven with a single-element chunk
+CLASS_CHUNKS = [(37,), (10, 10, 10, 7), (1, 30, 6)]
+
+
+def _logits(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((23, 37)) * 3).astype(dtype)
+    x[3] = -np.inf                    # all -inf
+    x[4, 5] = np.nan                  # NaN
+    x[5, 2] = np.inf                  # +inf
+    x[6] = -1e30
+    x[6, 1] = 0                       # a huge shift
+    x[7] = -30
+    x[7, 20] = 0                      # confident: results near zero
+    x[8, ::3] = -np.inf               # masked
+    return x
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, memory_limit="1GiB")
+    with cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("class_chunks", CLASS_CHUNKS, ids=["one", "even", "uneven"])
+def test_elementwise_and_lse_match_in_memory(dtype, class_chunks):
+    x = _logits(dtype)
+    dx = da.from_array(x, chunks=((10, 13), class_chunks))
+    for name in ("softmax", "log_softmax"):
+        got = getattr(fd, name)(dx).compute(scheduler="threads")
+        ref = getattr(fastsm, name)(x)
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=8 * np.finfo(dtype).eps, atol=0,
+                                   equal_nan=True, err_msg=f"{name} {class_chunks}")
+    for keepdims in (False, True):
+        got = fd.logsumexp(dx, keepdims=keepdims).compute(scheduler="threads")
+        ref = fastsm.logsumexp(x, keepdims=keepdims)
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=8 * np.finfo(dtype).eps, atol=0,
+                                   equal_nan=True)
+
+
+@pytest.mark.parametrize("class_chunks", CLASS_CHUNKS, ids=["one", "even", "uneven"])
+def test_near_zero_digits_survive_chunking(class_chunks):
+    """The confident row's log-probability and lse (~1e-13) keep 4 ulp across chunks."""
+    x = _logits(np.float64)[7:8]
+    dx = da.from_array(x, chunks=(1, class_chunks))
+    from . import oracle
+    assert_logs(fd.log_softmax(dx).compute(scheduler="threads"), oracle.log_softmax(x),
+                np.float64, "log_softmax", x)
+    assert_logs(fd.logsumexp(dx).compute(scheduler="threads"), oracle.logsumexp(x),
+                np.float64, "lse", x, reduced=True)
+
+
+def test_other_axes_and_empty_chunks():
+    x = _logits(np.float64).T.copy()  # classes on axis 0
+    dx = da.from_array(x, chunks=((10, 10, 17), (5, 18)))
+    np.testing.assert_allclose(fd.log_softmax(dx, axis=0).compute(), fastsm.log_softmax(x, 0),
+                               rtol=1e-14, equal_nan=True)
+    empty = da.from_array(np.zeros((0, 6)), chunks=(1, 3))
+    assert fd.softmax(empty).compute().shape == (0, 6)
+    assert fd.logsumexp(da.zeros((4, 0), chunks=(2, 1))).compute().tolist() == [-np.inf] * 4
+
+
+OPTIONS = [dict(weight=w, ignore_index=ii, label_smoothing=ls, reduction=red)
+           for w in (None, "random") for ii in (-100, 2) for ls in (0.0, 0.1)
+           for red in ("mean", "sum", "none")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("soft", [False, True], ids=["index", "soft"])
+def test_cross_entropy_every_option(dtype, soft):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((30, 11)) * 2).astype(dtype)
+    if soft:
+        t = rng.random((30, 11))
+        target = (t / t.sum(1, keepdims=True)).astype(dtype)
+        dt = da.from_array(target, chunks=(7, 11))
+    else:
+        target = rng.integers(0, 11, 30)
+        target[::4] = 2
+        dt = da.from_array(target, chunks=7)
+    dx = da.from_array(x, chunks=(7, 11))
+    for options in OPTIONS:
+        options = dict(options, weight=rng.random(11) + 0.5 if options["weight"] else None)
+        loss, grad = fd.cross_entropy_with_grad(dx, dt, **options)
+        ref_loss, ref_grad = fastsm.cross_entropy_with_grad(x, target, **options)
+        got_loss, got_grad = da.compute(loss, grad, scheduler="threads")
+        assert np.asarray(got_loss).dtype == dtype and got_grad.dtype == dtype
+        tol = dict(rtol=16 * np.finfo(dtype).eps, atol=np.finfo(dtype).tiny)
+        np.testing.assert_allclose(got_loss, ref_loss, err_msg=str(options), **tol)
+        # the mean's 1/denominator is applied after the sum here, inside the kernel in
+        # memory: entries where p * Q and q cancel differ at the size of those terms
+        scale = 16 * np.finfo(dtype).eps * np.abs(ref_grad).max(axis=-1, keepdims=True)
+        assert (np.abs(got_grad - ref_grad) <= scale).all(), str(options)
+        np.testing.assert_allclose(fd.cross_entropy(dx, dt, **options).compute(), ref_loss, **tol)
+
+
+def test_cross_entropy_needs_one_class_chunk_and_says_so():
+    dx = da.ones((4, 6), chunks=(2, 3))
+    with pytest.raises(NotImplementedError, match=r"rechunk\(\{-1: -1\}\)"):
+        fd.cross_entropy(dx, da.zeros(4, dtype=int, chunks=2))
+
+
+def test_processes_scheduler():
+    x = _logits(np.float64)
+    dx = da.from_array(x, chunks=((10, 13), (10, 27)))
+    got = fd.log_softmax(dx).compute(scheduler="processes", num_workers=2)
+    np.testing.assert_allclose(got, fastsm.log_softmax(x), rtol=1e-14, equal_nan=True)
+
+
+def test_local_cluster(client):
+    """A real dask.distributed cluster: two worker processes, pickled functions."""
+    x = _logits(np.float32, seed=3)
+    dx = da.from_array(x, chunks=((10, 13), (1, 30, 6)))
+    lse = client.compute(fd.logsumexp(dx)).result()
+    np.testing.assert_allclose(lse, fastsm.logsumexp(x), rtol=8 * np.finfo(np.float32).eps,
+                               equal_nan=True)
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((400, 50)).astype(np.float32)
+    target = rng.integers(0, 50, 400)
+    loss, grad = fd.cross_entropy_with_grad(da.from_array(logits, chunks=(100, 50)),
+                                            da.from_array(target, chunks=100))
+    got_loss, got_grad = client.compute([loss, grad], sync=True)
+    ref_loss, ref_grad = fastsm.cross_entropy_with_grad(logits, target)
+    np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-6)
+    np.testing.assert_allclose(got_grad, ref_grad, rtol=1e-6, atol=1e-12)
+    workers = client.scheduler_info()["workers"]
+    assert len(workers) == 2 and all(w["nthreads"] == 1 for w in workers.values())
+    # the nanny's OMP_NUM_THREADS=1 is fastsm's thread count in each worker: no team beside
+    # the worker's own thread
+    assert set(client.run(fastsm.get_num_threads).values()) == {1}
