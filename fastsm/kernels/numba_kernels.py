@@ -14,15 +14,16 @@ Design
 - Vectors: every hot function asks LLVM for 512-bit vectors (``_wide_vectors``); the
   generated code is checked with ``inspect_asm`` (zmm FMAs, vpmaxsd, no gathers).
 - Sums accumulate in float64 (200k float32 classes keep 3e-6), in a function of their
-  own: the exp loops carry only ``contract``.
+  own: the exp loops carry only ``contract``.  Rows shorter than 32 are shifted tile by
+  tile and exp runs once over the contiguous tile, since a 10-element loop never reaches
+  the vector body.
 - Near zero: the log ops take log1p of the exp-sum without the max's own 1 where the
   sum is below 2 (``_row_stats``' ``ts``, ``_log_sum``), so lse([0, -40]) is 4.2e-18, not
   0: long rows sum again for those rows only; short float32 rows use s - 1 (exact enough
   in float64 down to 2^-20), short float64 rows a compensated (TwoSum) sum, which costs
-  15-35% of a 65536x10 float64 log op (no extended type here, unlike the C kernels).  Rows shorter than 32 are shifted tile by
-  tile and exp runs once over the contiguous tile, since a 10-element loop never reaches
-  the vector body.  Rows are walked in L1-sized tiles, each finished (scaled, logged)
-  while in L1; one kernel driver (``_tiled``) with one finisher per op.
+  9-27% of a 65536x10 float64 log op (no extended type here, unlike the C kernels).
+- Rows are walked in L1-sized tiles, each finished (scaled, logged) while in L1; one
+  kernel driver (``_tiled``) with one finisher per op.
 - Each kernel exists twice, serial and ``parallel=True``; calls under ``MIN_PARALLEL``
   elements take the serial one (a parallel launch costs more than a 64x128 softmax).
   Compilation is lazy (first call per dtype), so ``import fastsm`` compiles nothing, and
@@ -372,7 +373,7 @@ def _row_stats(xf, ef, r0, r1, k, store, ms, ss, ts, scratch, want_t):
 # ------------------------------------------------------------------ kernels (flat views)
 def _tiled_rows(xf, ef, n, k, store, aux, nblocks, rows_per):
     """Per prange block, per L1-sized tile of rows, the row stats and then
-    ``finish(xf, ef, k, t0, t1, ms, ss, aux)`` for those rows while they are in L1.
+    ``finish(xf, ef, k, t0, t1, ms, ss, ts, aux)`` for those rows while they are in L1.
 
     ``ef`` receives the exponentials when ``store`` (softmax output, CE gradient).  Stats
     for all of a block's rows first and a second pass after them wrote the whole output
@@ -386,7 +387,7 @@ def _tiled_rows(xf, ef, n, k, store, aux, nblocks, rows_per):
         for t0 in range(b * rows_per, r1, tile):
             t1 = min(r1, t0 + tile)
             _row_stats(xf, ef, t0, t1, k, store, ms, ss, ts, scratch, want_t)  # noqa: F821
-            finish(xf, ef, k, t0, t1, ms, ss, ts, aux, scratch)  # noqa: F821 (globals of each copy)
+            finish(xf, ef, k, t0, t1, ms, ss, ts, aux)  # noqa: F821 (globals of each copy)
 
 
 def _tiled(finish, parallel):
@@ -445,10 +446,10 @@ def _sum_but_max(xf, lo, k, m, scratch):
     return t
 
 
-# Finishers: rows t0..t1 with max ms[i - t0] and exp-sum ss[i - t0].  Inner loops index
-# 0-based row slices (see _exp_shifted).
+# Finishers: rows t0..t1 with max ms[i - t0], exp-sum ss[i - t0] and ts (see _row_stats).
+# Inner loops index 0-based row slices (see _exp_shifted).
 @njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def _finish_softmax(xf, of, k, t0, t1, ms, ss, ts, aux, scratch):
+def _finish_softmax(xf, of, k, t0, t1, ms, ss, ts, aux):
     for i in range(t0, t1):
         inv = _like(xf, 1.0 / ss[i - t0])
         orow = of[i * k:i * k + k]
@@ -457,7 +458,7 @@ def _finish_softmax(xf, of, k, t0, t1, ms, ss, ts, aux, scratch):
 
 
 @njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def _finish_log_softmax(xf, of, k, t0, t1, ms, ss, ts, aux, scratch):
+def _finish_log_softmax(xf, of, k, t0, t1, ms, ss, ts, aux):
     for i in range(t0, t1):
         m = ms[i - t0]
         logs = _like(xf, _log_sum(ss[i - t0], ts[i - t0]))
@@ -468,7 +469,7 @@ def _finish_log_softmax(xf, of, k, t0, t1, ms, ss, ts, aux, scratch):
 
 
 @njit(inline="always", error_model="numpy")
-def _finish_logsumexp(xf, ef, k, t0, t1, ms, ss, ts, out, scratch):
+def _finish_logsumexp(xf, ef, k, t0, t1, ms, ss, ts, out):
     for i in range(t0, t1):
         m = ms[i - t0]
         if np.isfinite(m):
@@ -484,11 +485,11 @@ def _finish_logsumexp(xf, ef, k, t0, t1, ms, ss, ts, out, scratch):
 
 
 @njit(inline="always", error_model="numpy")
-def _finish_ce(xf, gf, k, t0, t1, ms, ss, ts, aux, scratch):
+def _finish_ce(xf, gf, k, t0, t1, ms, ss, ts, aux):
     tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, has_grad = aux
     for i in range(t0, t1):
         _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss,
-                gf, has_grad, k, i, ms[i - t0], ss[i - t0], ts[i - t0], scratch)
+                gf, has_grad, k, i, ms[i - t0], ss[i - t0], ts[i - t0])
 
 
 @njit(fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -520,7 +521,7 @@ def _weighted_shift_sum(xrow, w, m, c0, c1):
 
 @njit(inline="always", error_model="numpy")
 def _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, gf, has_grad,
-            k, i, m, s, t, scratch):
+            k, i, m, s, t):
     """Loss (and gradient row, from the exponentials already in it) of row i."""
     lo = i * k
     xrow = xf[lo:lo + k]
@@ -553,7 +554,8 @@ def _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, gf,
         # a zero weight contributes 0 even where x = -inf (0 log 0 = 0); 0 * logs keeps a
         # dead row (no usable logit: logs is NaN) NaN
         keep_w = keep * wy
-        lval = keep_w * (logs - (np.float64(xrow[y]) - np.float64(m))) if keep_w != 0.0 else 0.0 * logs
+        lval = (keep_w * (logs - (np.float64(xrow[y]) - np.float64(m))) if keep_w != 0.0
+                else 0.0 * logs)
         if eps_k != 0.0:
             wz = 0.0
             for c0 in range(0, k, _CHUNK):

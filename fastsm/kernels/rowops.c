@@ -19,7 +19,7 @@
  *   Long rows sum again for such rows only (rare with many classes); short rows get the
  *   small part from the block's own sum: float rows as s - 1 (exact in the double sum down
  *   to 2^-20), double rows from an x87 extended sum (compensated TwoSum where long
- *   double is not wider), which costs 10-15% of a 65536x10 double log op.
+ *   double is not wider), which costs 16-21% of a 65536x10 double log op.
  * - Rows shorter than FSM_SHORT_K are processed in blocks so exp runs over a long
  *   contiguous stretch instead of a 10-element loop that never reaches the vector body.
  * - Portable binaries with fast code: on x86-64 Linux with gcc every kernel is built three
