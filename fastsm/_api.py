@@ -158,16 +158,26 @@ def _check_out(out, shape, dtype, what="out"):
 
 
 def _elementwise(op, x, axis, out, backend):
-    if out is None and axis == -1 and type(x) is np.ndarray and x.ndim == 2:
-        # fast path for the common call: (rows, classes) float32/float64 C-contiguous
+    if axis == -1 and type(x) is np.ndarray and x.ndim == 2:
+        # fast path for the common call: (rows, classes) float32/float64 C-contiguous, into a
+        # new array or an out= of the same kind that is x itself or does not overlap it
+        # (anything else takes the general path below, which also raises for a bad out)
         dt = x.dtype
         if (dt == _F32 or dt == _F64) and x.flags.c_contiguous:
             n, k = x.shape
-            res = np.empty((n, k), dt)
-            if n and k:
-                mod = _kernels(backend, op, dt, n, k)
-                _parallel.run(mod, op, dt, n, k, getattr(mod, op), x, res)
-            return res
+            if out is None:
+                res = np.empty((n, k), dt)
+            elif (type(out) is np.ndarray and out.dtype == dt and out.shape == x.shape
+                  and out.flags.c_contiguous and out.flags.writeable
+                  and (out is x or not np.may_share_memory(out, x))):
+                res = out  # 64x128 float32 softmax(x, out=buf): 27.7 -> 15 us (softmax(x): 14)
+            else:
+                res = None
+            if res is not None:
+                if n and k:
+                    mod = _kernels(backend, op, dt, n, k)
+                    _parallel.run(mod, op, dt, n, k, getattr(mod, op), x, res)
+                return res
     x, compute, result, axes, moved, x2 = _as_rows(x, axis)
     n, k = x2.shape
     nd = x.ndim
