@@ -125,13 +125,13 @@ def assert_logs(actual, ref, dtype, what, x, axis=-1, reduced=False):
             f"ulp > bar {float(bar[worst]):.3g} at {worst} (value {float(ref[worst]):.6g})")
 
 
-def _loss_bar(logits, target, options, dtype, ref):
+def _loss_bar(logits, terms, options, dtype, ref):
     """4 ulp of the loss + the input's share: per sample |Q| times log-sum-exp's exp-rounding
     term, plus eps * (sum_c |q_c log p_c| - |loss|)+ where negative class weights make the
     terms cancel; for "sum"/"mean" the samples' terms add up and the float64 sum of n
-    losses may round (log2(n) + 1) * eps64 * sum |loss_r|."""
-    terms_kw = {k: v for k, v in options.items() if k != "reduction"}
-    rows, q, big_q, den, _ = oracle.cross_entropy_terms(logits, target, **terms_kw)
+    losses may round (log2(n) + 1) * eps64 * sum |loss_r|.  ``terms``: the oracle's
+    ``cross_entropy_terms`` for these logits, target and options."""
+    rows, q, big_q, den, _ = terms
     shape = np.shape(logits)
     k = shape[-1]
     x2 = np.reshape(logits, (math.prod(shape[:-1]), k)).astype(np.longdouble)
@@ -166,15 +166,16 @@ def assert_cross_entropy(loss, grad, logits, target, options, dtype, what):
     loss = np.asarray(loss, np.longdouble)
     _special_positions_match(loss, ref, f"{what} (loss)")
     fin = np.isfinite(ref)
-    bar = np.broadcast_to(_loss_bar(logits, target, options, dtype, ref), np.shape(ref))
+    terms_kw = {k: v for k, v in options.items() if k != "reduction"}
+    terms = oracle.cross_entropy_terms(logits, target, **terms_kw)  # once: loss bar and grad
+    bar = np.broadcast_to(_loss_bar(logits, terms, options, dtype, ref), np.shape(ref))
     err = np.abs(loss[fin] - ref[fin])
     assert (err <= bar[fin]).all(), (
         f"{what}: loss error {float(np.max(err)):.3g} > bar: {loss} vs {ref}")
     if grad is None:
         return
     assert grad.dtype == dtype and grad.shape == np.shape(logits), f"{what}: grad dtype/shape"
-    terms_kw = {k: v for k, v in options.items() if k != "reduction"}
-    _, q, big_q, den, _ = oracle.cross_entropy_terms(logits, target, **terms_kw)
+    _, q, big_q, den, _ = terms
     shape = np.shape(logits)
     p = oracle.softmax(np.reshape(logits, (math.prod(shape[:-1]), shape[-1])))
     s = 1 / den if options.get("reduction", "mean") == "mean" and den != 0 else 1
