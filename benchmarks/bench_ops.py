@@ -24,6 +24,26 @@ class Ops:
         self.fn()
 
 
+class Copy:
+    """``np.copyto`` of each cell's input: the memory traffic any out-of-place op pays at
+    least, and the yardstick for reading ``time_op`` on a shared machine, whose memory
+    bandwidth drifts by tens of percent between minutes (``fastsm bench`` reports each
+    contender against the same copy as ``x copy``)."""
+
+    params = (list(SHAPES), list(DTYPES))
+    param_names = ("shape", "dtype")
+
+    def setup(self, shape, dtype):
+        import numpy as np
+
+        self.x, _ = data(shape, dtype, False)
+        self.out = np.empty_like(self.x)
+        self.np = np
+
+    def time_copy(self, shape, dtype):
+        self.np.copyto(self.out, self.x)
+
+
 class Accuracy:
     params = Ops.params
     param_names = Ops.param_names

@@ -35,3 +35,25 @@ if pytest is not None:
     for _name, _values in (("backend", backends()), ("op", OPS), ("shape", SHAPES),
                            ("dtype", DTYPES)):  # ids read backend-op-shape-dtype
         test_op = pytest.mark.parametrize(_name, _values)(test_op)
+
+
+def test_asv_suite_runs_one_cell_of_each_class():
+    """The asv classes' own setup/measure methods, once each on the smallest cell: asv
+    itself is not run by the tests (minutes), but a broken suite file fails here."""
+    import numpy as np
+
+    from . import bench_ops
+
+    ops = bench_ops.Ops()
+    ops.setup("numpy", "softmax", "64x128", "float32")
+    ops.time_op("numpy", "softmax", "64x128", "float32")
+    copy = bench_ops.Copy()
+    copy.setup("64x128", "float32")
+    copy.time_copy("64x128", "float32")
+    np.testing.assert_array_equal(copy.out, copy.x)
+    errors = {("numpy", "softmax", "64x128", "float32"): 1e-7}
+    acc = bench_ops.Accuracy()
+    acc.setup(errors, "numpy", "softmax", "64x128", "float32")
+    eps = float(np.finfo(np.float32).eps)
+    assert acc.track_max_error(errors, "numpy", "softmax", "64x128", "float32") == float(
+        f"{1e-7 / eps:.3g}")
