@@ -14,7 +14,10 @@ import numpy as np
 import fastsm
 from fastsm.bench import OPS  # the five public ops, in one place
 
-SHAPES = [(1,), (7,), (3, 1), (1, 5), (6, 13), (4, 5, 6), (2, 3, 2, 5), (33, 130)]
+# (37, 9): 37 short rows are two 16-row lane groups of the C kernels' short-row path plus 5
+# rows it takes one at a time; special_rows repeats its rows every 17, so they land in
+# different lanes and in the rest
+SHAPES = [(1,), (7,), (3, 1), (1, 5), (37, 9), (4, 5, 6), (2, 3, 2, 5), (33, 130)]
 EMPTY_SHAPES = [(0,), (5, 0), (0, 5), (2, 0, 3)]
 VALUE_FAMILIES = ("normal", "large", "huge_negative", "masked", "confident", "special_rows")
 
@@ -33,14 +36,16 @@ def values(shape, family, dtype, seed=0):
         a[rng.random(shape) < 0.15] += 30.0
     elif family == "special_rows" and a.ndim >= 1:
         flat = a.reshape(-1, a.shape[-1])
-        if flat.shape[0] >= 1:
-            flat[0] = -np.inf
-        if flat.shape[0] >= 2:
-            flat[1, 0] = np.nan
-        if flat.shape[0] >= 3:
-            flat[2, -1] = np.inf
-        if flat.shape[0] >= 4:
-            flat[3, ::2] = -np.inf
+        for r in range(0, flat.shape[0], 17):
+            block = flat[r:r + 4]
+            if len(block) >= 1:
+                block[0] = -np.inf
+            if len(block) >= 2:
+                block[1, 0] = np.nan
+            if len(block) >= 3:
+                block[2, -1] = np.inf
+            if len(block) >= 4:
+                block[3, ::2] = -np.inf
         a = flat.reshape(shape)
     return a.astype(dtype)
 
