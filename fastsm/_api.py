@@ -157,6 +157,55 @@ def _check_out(out, shape, dtype, what="out"):
         raise ValueError(f"{what} is read-only")
 
 
+_COLUMNS_MIN = 16  # contiguous columns below which the transposing path stays
+
+
+def _by_columns(op, x, axis, out, backend):
+    """``op`` over one axis that is not last of a C-contiguous float32/float64 array, by
+    the backend's column kernel (``<op>_cols``, optional in the kernel contract: x viewed
+    as (a, R, b), reduced over R, with no transposed copy), into a new array or an out= of
+    the same kind.  None where that does not apply: the general path then runs (and
+    raises for bad arguments)."""
+    if type(x) is not np.ndarray or x.ndim < 2 or not x.flags.c_contiguous or not x.size:
+        return None
+    dt = x.dtype
+    if not (dt == _F32 or dt == _F64):
+        return None
+    if isinstance(axis, tuple):
+        if len(axis) != 1:
+            return None
+        axis = axis[0]
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        return None
+    if not -x.ndim <= axis < x.ndim or axis % x.ndim == x.ndim - 1:
+        return None
+    ax = axis % x.ndim
+    r = x.shape[ax]
+    b = math.prod(x.shape[ax + 1:])
+    if b < _COLUMNS_MIN:
+        return None
+    name = op + "_cols"
+    mod = _kernels(backend, name, dt, x.size // r, r)
+    kernel = getattr(mod, name, None)
+    if kernel is None:
+        return None
+    a = x.size // (r * b)
+    if op == "logsumexp":  # (a, b) results; the caller reshapes (no out= here)
+        res = np.empty((a, b), dt)
+        _parallel.run(mod, name, dt, a * b, r, kernel, x.reshape(a, r, b), res)
+        return res
+    if out is None:
+        res = np.empty(x.shape, dt)
+    elif (type(out) is np.ndarray and out.dtype == dt and out.shape == x.shape
+          and out.flags.c_contiguous and out.flags.writeable
+          and (out is x or not np.may_share_memory(out, x))):
+        res = out
+    else:
+        return None
+    _parallel.run(mod, name, dt, a * b, r, kernel, x.reshape(a, r, b), res.reshape(a, r, b))
+    return res
+
+
 def _elementwise(op, x, axis, out, backend):
     if axis == -1 and type(x) is np.ndarray and x.ndim == 2:
         # fast path for the common call: (rows, classes) float32/float64 C-contiguous, into a
@@ -178,6 +227,9 @@ def _elementwise(op, x, axis, out, backend):
                     mod = _kernels(backend, op, dt, n, k)
                     _parallel.run(mod, op, dt, n, k, getattr(mod, op), x, res)
                 return res
+    done = _by_columns(op, x, axis, out, backend)
+    if done is not None:
+        return done
     x, compute, result, axes, moved, x2 = _as_rows(x, axis)
     n, k = x2.shape
     nd = x.ndim
@@ -264,6 +316,11 @@ def logsumexp(a, axis=-1, b=None, keepdims=False, return_sign=False, *, out=None
         res = np.empty(a.shape[0], a.dtype)
         _logsumexp_rows(a, res, backend)
         return res
+    if out is None and not return_sign:
+        res = _by_columns("logsumexp", a, axis, None, backend)
+        if res is not None:
+            ax = axis[0] if isinstance(axis, tuple) else axis
+            return res.reshape(_reduced_shape(a.shape, (ax % a.ndim,), keepdims))
     x, compute, result, axes, moved, x2 = _as_rows(a, axis, "a")
     n, k = x2.shape
     shape = _reduced_shape(x.shape, axes, keepdims)

@@ -23,6 +23,14 @@ cross-entropy) keep 4 ulp of relative accuracy (tests/checks.py).  Rows holding
 NaN or +inf, and rows that are all -inf, give NaN in softmax/log_softmax; logsumexp gives
 NaN, +inf and -inf for them respectively.
 
+Optional, for one reduced axis that is not last (the front uses them where a module has
+them, else it copies the axis last): ``x`` a C-contiguous ``(a, R, b)`` float32/float64
+array with ``b >= 16``, reduced over its middle axis, with no transposed copy:
+
+    softmax_cols(x, out, nthreads)         out: (a, R, b)
+    log_softmax_cols(x, out, nthreads)     out: (a, R, b)
+    logsumexp_cols(x, out, nthreads)       out: (a, b)
+
 Cross-entropy, per row r (``target``: int64 (n,) for ce_index, already in [0, K) or equal
 to ignore_index; x.dtype (n, K) probabilities for ce_soft; ``weight``: float64 (K,);
 ``loss``: float64 (n,); ``grad``: None or x.dtype (n, K)):

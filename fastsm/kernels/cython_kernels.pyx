@@ -14,6 +14,12 @@ Design
 - Per-thread scratch lives on each thread's stack inside the C kernels (short-row blocks
   of 2048 elements), so nothing here allocates.
 - One def entry per kernel with a fused (float/double) memoryview signature.
+- ``*_cols``: a reduction over an axis that is not last, on the (a, R, b) view of a
+  C-contiguous array, in tasks of 256 columns (rowops_impl.h, ``cols``).  1000x512 along
+  axis 0, 2 threads, interleaved medians (``python -m benchmarks.ab_columns``): float32
+  softmax 0.44 ms against 1.33 ms through the front's transposed copy and 0.56 ms for
+  torch; all three ops and both dtypes 2.0-4.7x faster than the transposing path and
+  1.1-1.9x torch.
 """
 
 from cython.parallel cimport prange
@@ -38,6 +44,18 @@ cdef extern from "rowops.h" nogil:
     void fsm_ce_soft_f64(const double *x, const double *target, const double *weight, double eps,
                          double scale, double *loss, double *grad, Py_ssize_t r0, Py_ssize_t r1,
                          Py_ssize_t K)
+    void fsm_softmax_cols_f32(const float *x, float *out, Py_ssize_t R, Py_ssize_t b,
+                              Py_ssize_t j0, Py_ssize_t j1)
+    void fsm_softmax_cols_f64(const double *x, double *out, Py_ssize_t R, Py_ssize_t b,
+                              Py_ssize_t j0, Py_ssize_t j1)
+    void fsm_log_softmax_cols_f32(const float *x, float *out, Py_ssize_t R, Py_ssize_t b,
+                                  Py_ssize_t j0, Py_ssize_t j1)
+    void fsm_log_softmax_cols_f64(const double *x, double *out, Py_ssize_t R, Py_ssize_t b,
+                                  Py_ssize_t j0, Py_ssize_t j1)
+    void fsm_logsumexp_cols_f32(const float *x, float *out, Py_ssize_t R, Py_ssize_t b,
+                                Py_ssize_t j0, Py_ssize_t j1)
+    void fsm_logsumexp_cols_f64(const double *x, double *out, Py_ssize_t R, Py_ssize_t b,
+                                Py_ssize_t j0, Py_ssize_t j1)
     const char *fsm_isa()
 
 cdef extern from *:
@@ -138,6 +156,68 @@ def logsumexp(const real[:, ::1] x, real[::1] out, int nthreads=1):
     """out[r] = m_r + log(sum_j exp(x[r, j] - m_r))."""
     with nogil:
         _run3(2, &x[0, 0], &out[0], x.shape[0], x.shape[1], nthreads)
+
+
+# ---- reductions over an axis that is not last: (a, R, b) C-contiguous, reduced over R
+cdef inline void _cols3(int which, const real *x, real *out, Py_ssize_t R, Py_ssize_t b,
+                        Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    if real is float:
+        if which == 0:
+            fsm_softmax_cols_f32(x, out, R, b, j0, j1)
+        elif which == 1:
+            fsm_log_softmax_cols_f32(x, out, R, b, j0, j1)
+        else:
+            fsm_logsumexp_cols_f32(x, out, R, b, j0, j1)
+    else:
+        if which == 0:
+            fsm_softmax_cols_f64(x, out, R, b, j0, j1)
+        elif which == 1:
+            fsm_log_softmax_cols_f64(x, out, R, b, j0, j1)
+        else:
+            fsm_logsumexp_cols_f64(x, out, R, b, j0, j1)
+
+
+# Column tasks of 256 columns (the C kernel's tile) for each of the a slabs.
+cdef Py_ssize_t _COL_TASK = 256
+
+
+cdef void _run_cols(int which, const real *x, real *out, Py_ssize_t a, Py_ssize_t R,
+                    Py_ssize_t b, Py_ssize_t out_slab, int nthreads) noexcept nogil:
+    cdef Py_ssize_t per_slab = (b + _COL_TASK - 1) // _COL_TASK
+    cdef Py_ssize_t ntasks = a * per_slab, task, p, j0, j1
+    cdef int nt = _threads_for(ntasks, R * _COL_TASK, nthreads)
+    if nt == 1:
+        for p in range(a):
+            _cols3(which, x + p * R * b, out + p * out_slab, R, b, 0, b)
+        return
+    for task in prange(ntasks, num_threads=nt, schedule="dynamic"):
+        p = task // per_slab
+        j0 = (task % per_slab) * _COL_TASK
+        j1 = j0 + _COL_TASK
+        if j1 > b:
+            j1 = b
+        _cols3(which, x + p * R * b, out + p * out_slab, R, b, j0, j1)
+
+
+def softmax_cols(const real[:, :, ::1] x, real[:, :, ::1] out, int nthreads=1):
+    """softmax over axis 1 of a C-contiguous (a, R, b) array, without a transposed copy."""
+    with nogil:
+        _run_cols(0, &x[0, 0, 0], &out[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
+                  x.shape[1] * x.shape[2], nthreads)
+
+
+def log_softmax_cols(const real[:, :, ::1] x, real[:, :, ::1] out, int nthreads=1):
+    """log_softmax over axis 1 of a C-contiguous (a, R, b) array."""
+    with nogil:
+        _run_cols(1, &x[0, 0, 0], &out[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
+                  x.shape[1] * x.shape[2], nthreads)
+
+
+def logsumexp_cols(const real[:, :, ::1] x, real[:, ::1] out, int nthreads=1):
+    """logsumexp over axis 1 of a C-contiguous (a, R, b) array into out (a, b)."""
+    with nogil:
+        _run_cols(2, &x[0, 0, 0], &out[0, 0], x.shape[0], x.shape[1], x.shape[2],
+                  x.shape[2], nthreads)
 
 
 cdef inline void _ce_index_rows(const real *x, const int64_t *t, const double *w, int64_t ign,

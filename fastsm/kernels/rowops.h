@@ -19,7 +19,14 @@
                             T *grad, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K);                \
     void fsm_ce_soft_##SFX(const T *x, const T *target, const double *weight, double eps,     \
                            double scale, double *loss, T *grad, ptrdiff_t r0, ptrdiff_t r1,   \
-                           ptrdiff_t K);
+                           ptrdiff_t K);                                                    \
+    /* columns [j0, j1) of a C-contiguous (R, b) slab, reduced over its R rows */            \
+    void fsm_softmax_cols_##SFX(const T *x, T *out, ptrdiff_t R, ptrdiff_t b, ptrdiff_t j0,  \
+                                ptrdiff_t j1);                                               \
+    void fsm_log_softmax_cols_##SFX(const T *x, T *out, ptrdiff_t R, ptrdiff_t b,            \
+                                    ptrdiff_t j0, ptrdiff_t j1);                             \
+    void fsm_logsumexp_cols_##SFX(const T *x, T *out, ptrdiff_t R, ptrdiff_t b, ptrdiff_t j0, \
+                                  ptrdiff_t j1);
 
 FSM_DECLARE(float, f32)
 FSM_DECLARE(double, f64)
