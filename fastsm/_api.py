@@ -433,6 +433,23 @@ def _target_kind(target, logits_shape, k):
     )
 
 
+def _class_weights(weight, k):
+    """``weight`` (None or one finite real per class) as float64 (k,), validated."""
+    if weight is None:
+        return np.ones(k, np.float64)
+    w = np.asarray(weight)
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"weight has dtype {w.dtype}; expected a real array")
+    if w.shape != (k,):
+        raise ValueError(f"weight has shape {w.shape}; expected ({k},), one per class")
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(w))
+    if bad.size:  # a NaN weight would otherwise turn the whole mean into a silent nan
+        raise ValueError(f"weight[{bad[0]}] = {w[bad[0]]}; class weights must be finite "
+                         "(zero and negative weights are allowed, as in torch)")
+    return w
+
+
 def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
                    backend, want_grad):
     x = np.asarray(logits)
@@ -452,19 +469,7 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
     target = np.asarray(target)
     kind = _target_kind(target, x.shape, k)
 
-    if weight is None:
-        w = np.ones(k, np.float64)
-    else:
-        w = np.asarray(weight)
-        if w.dtype.kind not in "biuf":
-            raise TypeError(f"weight has dtype {w.dtype}; expected a real array")
-        if w.shape != (k,):
-            raise ValueError(f"weight has shape {w.shape}; expected ({k},), one per class")
-        w = np.ascontiguousarray(w, dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(w))
-        if bad.size:  # a NaN weight would otherwise turn the whole mean into a silent nan
-            raise ValueError(f"weight[{bad[0]}] = {w[bad[0]]}; class weights must be finite "
-                             "(zero and negative weights are allowed, as in torch)")
+    w = _class_weights(weight, k)
 
     x2 = np.ascontiguousarray(x, dtype=compute).reshape(n, k)
     # every kernel writes every row (ignored: 0); without classes no kernel runs: an empty sum

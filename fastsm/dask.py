@@ -16,7 +16,14 @@ Design
   minus its max, so results near zero keep their digits through the combination.
 - Cross-entropy: per block of rows, the per-sample losses and the mean's weight sum, then
   ``sum``/``mean`` over blocks as the in-memory version divides (sum of losses / sum of
-  target weights).  It needs the class axis in one chunk for now (``x.rechunk({-1: -1})``).
+  target weights).  Class axis in one chunk: each block is one in-memory fastsm call.  In
+  several chunks: the row statistics (M, L) as above, then per (rows, class chunk) block
+  the partial loss sum_c q_c d_c with d_c = lse - x_c = (M - x_c) + L (never the
+  difference of two large numbers: a confident row's tiny loss keeps its digits), summed
+  over the chunks; the gradient block is exp(-d) Q - q.  The chunk's classes come from
+  ``block_info``; ignore_index, class weights, label smoothing and soft targets follow
+  the in-memory rules (a zero q_c contributes 0 even at x_c = -inf; rows without a usable
+  logit stay NaN; ignored rows are 0).
 - Threads: nothing to set.  dask.distributed's nanny starts each worker process with
   OMP_NUM_THREADS=1 (its ``distributed.nanny.pre-spawn-environ``), which fastsm reads as
   its thread count, so a worker runs ``threads_per_worker`` one-thread kernels at a time,
@@ -176,36 +183,135 @@ def _sample_weights(target, weight, ignore_index, k):
     return np.where(kept, w[np.where(kept, t, 0)], 0.0)
 
 
+def _chunk_q(t, w, ignore_index, eps, k, soft, c0, c1):
+    """q_c over classes c0..c1 of a block (float64, the block's shape) and the per-row
+    (keep, target-term weight, y - c0 or -1) for index targets."""
+    wc = w[c0:c1]
+    if soft:
+        return wc * ((1.0 - eps) * np.asarray(t, np.float64) + eps / k), None
+    y = np.asarray(t)[..., 0].astype(np.int64)
+    keep = y != ignore_index
+    bad = ~(((y >= 0) & (y < k)) | ~keep)
+    if bad.any() and c0 == 0:  # said once per block of rows
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"target value {y[pos]} at block index {pos} is out of range: "
+                         f"expected a class index in [0, {k}) or ignore_index={ignore_index}")
+    yc = np.where(keep, y, 0)
+    keep_w = np.where(keep, (1.0 - eps) * w[np.clip(yc, 0, k - 1)], 0.0)
+    inside = keep & (yc >= c0) & (yc < c1)
+    q = np.where(keep[..., None], eps / k * wc, 0.0)
+    at = np.where(inside, yc - c0, -1)
+    rows = np.nonzero(inside)
+    q[rows + (at[rows],)] += keep_w[rows]
+    return q, (keep, keep_w)
+
+
+def _ce_chunk(x, t, stats, w, ignore_index, eps, k, soft, what, block_info=None):
+    """One (rows, class chunk) block: ``what`` = "loss" (partial per-sample loss, shape
+    (..., 1)), "q" (partial sum of q, soft targets) or "grad" (the gradient of the summed
+    loss, needing Q: passed as stats["Q"])."""
+    c0, c1 = block_info[0]["array-location"][-1]
+    q, index_rows = _chunk_q(t, w, ignore_index, eps, k, soft, c0, c1)
+    if what == "q":
+        return q.sum(axis=-1, keepdims=True)
+    m, L = stats["m"], stats["L"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = (m - np.asarray(x, np.float64)) + L  # lse - x_c without forming lse
+        dead = ~np.isfinite(m) | np.isnan(L)     # no usable logit in the row: NaN
+        keep = index_rows[0][..., None] if index_rows is not None else True
+        if what == "loss":
+            part = np.where(q != 0.0, q * d, 0.0).sum(axis=-1, keepdims=True)
+            return np.where(dead & keep, np.nan, part)
+        grad = np.exp(-d) * stats["Q"] - q
+        grad = np.where(dead, np.nan, grad)
+        return np.where(keep, grad, 0.0).astype(x.dtype)
+
+
+def _with_q(stats, q_total):
+    out = np.empty(stats.shape, _STATS_Q)
+    out["m"], out["L"], out["Q"] = stats["m"], stats["L"], q_total
+    return out
+
+
+_STATS_Q = np.dtype([("m", np.float64), ("L", np.float64), ("Q", np.float64)])
+
+
+def _index_q_total(t, w, ignore_index, eps, k):
+    y = np.asarray(t)[..., 0].astype(np.int64)
+    keep = y != ignore_index
+    wy = w[np.clip(np.where(keep, y, 0), 0, k - 1)]
+    return np.where(keep, (1.0 - eps) * wy + eps / k * w.sum(), 0.0)[..., None]
+
+
+def _chunked_class_ce(x, t, soft, w, ignore_index, eps, result, want_grad, backend):
+    """(per-sample loss float64 (...), gradient of their sum or None) with the class axis
+    of x in several chunks (see the design block)."""
+    k = x.shape[-1]
+    ax = x.ndim - 1
+    stats = _row_stats(x, ax, backend)                      # (..., 1)
+    tt = t if soft else t[..., None]                        # index targets broadcast
+    common = dict(w=w, ignore_index=ignore_index, eps=eps, k=k, soft=soft)
+    part_chunks = x.chunks[:-1] + ((1,) * x.numblocks[-1],)
+    parts = da.map_blocks(_ce_chunk, x, tt, stats, what="loss", chunks=part_chunks,
+                          dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64), **common)
+    loss = parts.sum(axis=-1)
+    if not want_grad:
+        return loss, None
+    if soft:
+        q_total = da.map_blocks(_ce_chunk, x, tt, stats, what="q", chunks=part_chunks,
+                                dtype=np.float64, **common).sum(axis=-1, keepdims=True)
+    else:
+        q_total = tt.map_blocks(_index_q_total, w, ignore_index, eps, k, dtype=np.float64)
+    full = da.map_blocks(_with_q, stats, q_total, dtype=_STATS_Q,
+                         meta=np.empty((0,) * x.ndim, _STATS_Q))
+    grad = da.map_blocks(_ce_chunk, x, tt, full, what="grad", dtype=result,
+                         meta=np.empty((0,) * x.ndim, result), **common)
+    return loss, grad
+
+
 def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction, backend,
                    want_grad):
     x, compute, result = _as_dask(logits, "logits")
     if x.ndim < 2:
         raise ValueError("fastsm.dask cross-entropy takes logits of shape (..., classes) with "
                          f"at least one batch axis; got shape {x.shape}")
-    if x.numblocks[-1] != 1:
-        raise NotImplementedError(
-            f"the class axis of logits is in {x.numblocks[-1]} chunks; fastsm.dask's "
-            "cross-entropy needs it in one for now: logits.rechunk({-1: -1})")
     if not isinstance(reduction, str) or reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction={reduction!r}; expected one of ['mean', 'sum', 'none']")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing!r}; expected a value in [0, 1]")
     k = x.shape[-1]
     t = target if isinstance(target, da.Array) else da.asarray(target)
     soft = t.shape == x.shape
     if not soft and t.shape != x.shape[:-1]:
         raise ValueError(f"target has shape {t.shape}; expected {x.shape[:-1]} (class indices) "
                          f"or {x.shape} (probabilities) for logits of shape {x.shape}")
+    if not soft and np.dtype(t.dtype).kind not in "iu":
+        raise TypeError(f"class-index target must have an integer dtype, got {t.dtype}")
     t = t.rechunk(x.chunks if soft else x.chunks[:-1])
-    ind = tuple(range(x.ndim))
-    pairs = da.blockwise(_ce_block, ind[:-1], x, ind, t, ind if soft else ind[:-1],
-                         weight, None, ignore_index, None, float(label_smoothing), None,
-                         backend, None, want_grad, None, concatenate=True, dtype=object,
-                         meta=np.empty((0,) * (x.ndim - 1), object))
-    loss = pairs.map_blocks(_first, dtype=result, meta=np.empty((0,) * (x.ndim - 1), result))
+    if x.numblocks[-1] == 1:
+        ind = tuple(range(x.ndim))
+        pairs = da.blockwise(_ce_block, ind[:-1], x, ind, t, ind if soft else ind[:-1],
+                             weight, None, ignore_index, None, eps, None,
+                             backend, None, want_grad, None, concatenate=True, dtype=object,
+                             meta=np.empty((0,) * (x.ndim - 1), object))
+        loss = pairs.map_blocks(_first, dtype=result,
+                                meta=np.empty((0,) * (x.ndim - 1), result))
+        loss64 = loss.astype(np.float64)
+        grad = None
+        if want_grad:
+            grad = pairs.map_blocks(_second, new_axis=[x.ndim - 1], chunks=x.chunks,
+                                    dtype=result, meta=np.empty((0,) * x.ndim, result))
+    else:
+        w = _api._class_weights(weight, k)
+        loss64, grad = _chunked_class_ce(x, t, soft, w, ignore_index, eps, result, want_grad,
+                                         backend)
+        loss = loss64.astype(result)
     if reduction == "none":
         value = loss
         scale = None
     else:
-        total = loss.astype(np.float64).sum()
+        total = loss64.sum()
         if reduction == "sum":
             value, scale = total.astype(result), None
         else:
@@ -218,8 +324,6 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
             scale = den
     if not want_grad:
         return value
-    grad = pairs.map_blocks(_second, new_axis=[x.ndim - 1], chunks=x.chunks, dtype=result,
-                            meta=np.empty((0,) * x.ndim, result))
     if scale is not None:
         grad = (grad / scale).astype(result)
     return value, grad
@@ -228,7 +332,7 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoothing=0.0,
                   reduction="mean", backend=None):
     """``fastsm.cross_entropy`` of Dask logits (..., K) and target, lazily; same options,
-    same results.  The class axis must be in one chunk (for now)."""
+    same results, any chunking (the class axis too)."""
     return _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
                           backend, want_grad=False)
 
