@@ -126,9 +126,11 @@ def test_cross_entropy_every_option(dtype, soft, class_chunks):
 
 
 @pytest.mark.parametrize("class_chunks", CLASS_CHUNKS[1:], ids=["even", "uneven"])
-def test_cross_entropy_special_rows_in_chunks(class_chunks):
+def test_cross_entropy_special_rows_in_chunks(class_chunks, monkeypatch):
     """_logits' rows (all -inf, NaN, +inf, a huge shift, confident, masked) with the class
-    axis chunked: the per-sample losses and gradients of in-memory fastsm."""
+    axis chunked: the per-sample losses and gradients of in-memory fastsm.  Slabs of a few
+    rows (fd._SLAB lowered), so each block also runs in several row slabs."""
+    monkeypatch.setattr(fd, "_SLAB", 64)
     for dtype in (np.float32, np.float64):
         x = _logits(dtype, seed=4)
         target = np.arange(23) % 37
