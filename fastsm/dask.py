@@ -203,19 +203,26 @@ def _sample_weights(target, weight, ignore_index, k):
     return np.where(kept, w[np.where(kept, t, 0)], 0.0)
 
 
+def _index_targets(t, ignore_index, k, c0):
+    """(class indices, kept rows) of a slab's (rows, 1) targets; a target neither a class
+    nor ignore_index raises, once per block of rows (by its first class chunk)."""
+    y = np.asarray(t)[:, 0].astype(np.int64)
+    keep = y != ignore_index
+    bad = ~(((y >= 0) & (y < k)) | ~keep)
+    if bad.any() and c0 == 0:
+        pos = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"target value {y[pos]} at block row {pos} is out of range: "
+                         f"expected a class index in [0, {k}) or ignore_index={ignore_index}")
+    return y, keep
+
+
 def _chunk_q(t, w, ignore_index, eps, k, soft, c0, c1):
-    """q_c over classes c0..c1 of a block (float64, the block's shape) and the per-row
-    (keep, target-term weight, y - c0 or -1) for index targets."""
+    """q_c over classes c0..c1 of a 2-D slab (float64, the slab's shape) and, for index
+    targets, the per-row (kept, target-term weight)."""
     wc = w[c0:c1]
     if soft:
         return wc * ((1.0 - eps) * np.asarray(t, np.float64) + eps / k), None
-    y = np.asarray(t)[..., 0].astype(np.int64)
-    keep = y != ignore_index
-    bad = ~(((y >= 0) & (y < k)) | ~keep)
-    if bad.any() and c0 == 0:  # said once per block of rows
-        pos = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"target value {y[pos]} at block index {pos} is out of range: "
-                         f"expected a class index in [0, {k}) or ignore_index={ignore_index}")
+    y, keep = _index_targets(t, ignore_index, k, c0)
     yc = np.where(keep, y, 0)
     keep_w = np.where(keep, (1.0 - eps) * w[np.clip(yc, 0, k - 1)], 0.0)
     inside = keep & (yc >= c0) & (yc < c1)
@@ -253,13 +260,7 @@ def _index_loss_rows(x, t, stats, w, ignore_index, eps, k, c0, c1):
     the target's term is a gather, label smoothing's a matrix-vector product over the
     chunk's classes of nonzero weight; without smoothing the slab's logits are read only
     at the targets."""
-    y = t[:, 0].astype(np.int64)
-    keep = y != ignore_index
-    bad = ~(((y >= 0) & (y < k)) | ~keep)
-    if bad.any() and c0 == 0:  # said once per block of rows
-        pos = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"target value {y[pos]} at block row {pos} is out of range: "
-                         f"expected a class index in [0, {k}) or ignore_index={ignore_index}")
+    y, keep = _index_targets(t, ignore_index, k, c0)
     m, L = stats["m"][:, 0], stats["L"][:, 0]
     yc = np.clip(np.where(keep, y, 0), 0, k - 1)
     keep_w = np.where(keep, (1.0 - eps) * w[yc], 0.0)
