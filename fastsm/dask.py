@@ -203,9 +203,10 @@ def _sample_weights(target, weight, ignore_index, k):
     return np.where(kept, w[np.where(kept, t, 0)], 0.0)
 
 
-def _index_targets(t, ignore_index, k, c0):
-    """(class indices, kept rows) of a slab's (rows, 1) targets; a target neither a class
-    nor ignore_index raises, once per block of rows (by its first class chunk)."""
+def _index_targets(t, w, ignore_index, eps, k, c0):
+    """(class index or 0, kept, target-term weight (1 - eps) w_y or 0) per row of a slab's
+    (rows, 1) targets; a target neither a class nor ignore_index raises, once per block of
+    rows (by its first class chunk, c0 == 0)."""
     y = np.asarray(t)[:, 0].astype(np.int64)
     keep = y != ignore_index
     bad = ~(((y >= 0) & (y < k)) | ~keep)
@@ -213,24 +214,23 @@ def _index_targets(t, ignore_index, k, c0):
         pos = int(np.flatnonzero(bad)[0])
         raise ValueError(f"target value {y[pos]} at block row {pos} is out of range: "
                          f"expected a class index in [0, {k}) or ignore_index={ignore_index}")
-    return y, keep
+    yc = np.clip(np.where(keep, y, 0), 0, k - 1)
+    return yc, keep, np.where(keep, (1.0 - eps) * w[yc], 0.0)
 
 
 def _chunk_q(t, w, ignore_index, eps, k, soft, c0, c1):
     """q_c over classes c0..c1 of a 2-D slab (float64, the slab's shape) and, for index
-    targets, the per-row (kept, target-term weight)."""
+    targets, the kept rows (None for soft targets)."""
     wc = w[c0:c1]
     if soft:
         return wc * ((1.0 - eps) * np.asarray(t, np.float64) + eps / k), None
-    y, keep = _index_targets(t, ignore_index, k, c0)
-    yc = np.where(keep, y, 0)
-    keep_w = np.where(keep, (1.0 - eps) * w[np.clip(yc, 0, k - 1)], 0.0)
+    yc, keep, keep_w = _index_targets(t, w, ignore_index, eps, k, c0)
     inside = keep & (yc >= c0) & (yc < c1)
     q = np.where(keep[..., None], eps / k * wc, 0.0)
     at = np.where(inside, yc - c0, -1)
     rows = np.nonzero(inside)
     q[rows + (at[rows],)] += keep_w[rows]
-    return q, (keep, keep_w)
+    return q, keep
 
 
 _SLAB = 1 << 21  # elements per step of _ce_chunk: its float64 temporaries stay ~16 MiB
@@ -260,10 +260,8 @@ def _index_loss_rows(x, t, stats, w, ignore_index, eps, k, c0, c1):
     the target's term is a gather, label smoothing's a matrix-vector product over the
     chunk's classes of nonzero weight; without smoothing the slab's logits are read only
     at the targets."""
-    y, keep = _index_targets(t, ignore_index, k, c0)
+    yc, keep, keep_w = _index_targets(t, w, ignore_index, eps, k, c0)
     m, L = stats["m"][:, 0], stats["L"][:, 0]
-    yc = np.clip(np.where(keep, y, 0), 0, k - 1)
-    keep_w = np.where(keep, (1.0 - eps) * w[yc], 0.0)
     inside = np.flatnonzero(keep & (yc >= c0) & (yc < c1) & (keep_w != 0.0))
     part = np.zeros(x.shape[0])
     with np.errstate(invalid="ignore", over="ignore"):
@@ -283,14 +281,14 @@ def _ce_rows(x, t, stats, w, ignore_index, eps, k, soft, what, c0, c1):
     """_ce_chunk for a 2-D slab of rows."""
     if what == "loss" and not soft:
         return _index_loss_rows(x, t, stats, w, ignore_index, eps, k, c0, c1)
-    q, index_rows = _chunk_q(t, w, ignore_index, eps, k, soft, c0, c1)
+    q, kept = _chunk_q(t, w, ignore_index, eps, k, soft, c0, c1)
     if what == "q":
         return q.sum(axis=-1, keepdims=True)
     m, L = stats["m"], stats["L"]
     with np.errstate(invalid="ignore", over="ignore"):
         d = (m - np.asarray(x, np.float64)) + L  # lse - x_c without forming lse
         dead = ~np.isfinite(m) | np.isnan(L)     # no usable logit in the row: NaN
-        keep = index_rows[0][..., None] if index_rows is not None else True
+        keep = kept[..., None] if kept is not None else True
         if what == "loss":
             part = np.where(q != 0.0, q * d, 0.0).sum(axis=-1, keepdims=True)
             return np.where(dead & keep, np.nan, part)
@@ -309,10 +307,10 @@ _STATS_Q = np.dtype([("m", np.float64), ("L", np.float64), ("Q", np.float64)])
 
 
 def _index_q_total(t, w, ignore_index, eps, k):
-    y = np.asarray(t)[..., 0].astype(np.int64)
-    keep = y != ignore_index
-    wy = w[np.clip(np.where(keep, y, 0), 0, k - 1)]
-    return np.where(keep, (1.0 - eps) * wy + eps / k * w.sum(), 0.0)[..., None]
+    """Q = sum_c q_c per row of a block of (..., 1) class-index targets."""
+    t = np.asarray(t)
+    _, keep, keep_w = _index_targets(t.reshape(-1, 1), w, ignore_index, eps, k, 0)
+    return np.where(keep, keep_w + eps / k * w.sum(), 0.0).reshape(t.shape)
 
 
 def _chunked_class_ce(x, t, soft, w, ignore_index, eps, result, want_grad, backend):
