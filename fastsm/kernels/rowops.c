@@ -122,8 +122,8 @@ FSM_INLINE double fsm_exp(double x)
     return p * s1 * s2;
 }
 
-/* What rowops_impl.h's lanes_rows writes (a constant at each use). */
-enum { FSM_LANE_EXP, FSM_LANE_SOFTMAX, FSM_LANE_LOG_SOFTMAX, FSM_LANE_LSE };
+/* What rowops_impl.h's lanes_rows and cols write (a constant at each use). */
+enum { FSM_WRITE_EXP, FSM_WRITE_SOFTMAX, FSM_WRITE_LOG_SOFTMAX, FSM_WRITE_LSE };
 
 #define T float
 #define SFX f32

@@ -140,9 +140,9 @@ static double N(lse_nonfinite)(const T *xr, ptrdiff_t K, T m)
 #define FSM_LANE_EXP_MAX_K 20
 
 /* m, s (and t, see log_sum, with want_t) of the FSM_LANES rows at x, then by `what`: the
- * exponentials in row layout at o (FSM_LANE_EXP, for the CE finishers), the softmax
- * (FSM_LANE_SOFTMAX), the log_softmax (FSM_LANE_LOG_SOFTMAX) or the FSM_LANES log-sum-exps
- * (FSM_LANE_LSE), each with the same arithmetic as the op's row finisher.
+ * exponentials in row layout at o (FSM_WRITE_EXP, for the CE finishers), the softmax
+ * (FSM_WRITE_SOFTMAX), the log_softmax (FSM_WRITE_LOG_SOFTMAX) or the FSM_LANES log-sum-exps
+ * (FSM_WRITE_LSE), each with the same arithmetic as the op's row finisher.
  * t: float rows as s - 1 from the double sum down to 2^-20 (as block_exp), double rows from
  * a compensated (TwoSum) sum: hi + lo is the sum in twice double's precision and
  * (hi - 1) + lo keeps the small terms the 1 would round away. */
@@ -151,7 +151,7 @@ FSM_INLINE void N(lanes_rows)(const T *x, ptrdiff_t K, T *m, T *o, double *s, do
 {
     T v[FSM_SHORT_K][FSM_LANES], mm[FSM_LANES];
     double hi[FSM_LANES], lo[FSM_LANES];
-    const int keep_x = what == FSM_LANE_LOG_SOFTMAX || what == FSM_LANE_LSE;
+    const int keep_x = what == FSM_WRITE_LOG_SOFTMAX || what == FSM_WRITE_LSE;
     for (ptrdiff_t c = 0; c < K; c++)
 #pragma omp simd
         for (ptrdiff_t l = 0; l < FSM_LANES; l++)
@@ -198,12 +198,12 @@ FSM_INLINE void N(lanes_rows)(const T *x, ptrdiff_t K, T *m, T *o, double *s, do
         else
             t[l] = -1.0;
     }
-    if (what == FSM_LANE_EXP) {
+    if (what == FSM_WRITE_EXP) {
         for (ptrdiff_t c = 0; c < K; c++)
 #pragma omp simd
             for (ptrdiff_t l = 0; l < FSM_LANES; l++)
                 o[l * K + c] = v[c][l];
-    } else if (what == FSM_LANE_SOFTMAX) {
+    } else if (what == FSM_WRITE_SOFTMAX) {
         T inv[FSM_LANES];
 #pragma omp simd
         for (ptrdiff_t l = 0; l < FSM_LANES; l++)
@@ -217,13 +217,13 @@ FSM_INLINE void N(lanes_rows)(const T *x, ptrdiff_t K, T *m, T *o, double *s, do
         T logs[FSM_LANES];
         for (ptrdiff_t l = 0; l < FSM_LANES; l++) {
             const T *xr = x + l * K;
-            if (what == FSM_LANE_LSE)
+            if (what == FSM_WRITE_LSE)
                 o[l] = isfinite(mm[l]) ? (T)(mm[l] + N(log_sum)(xr, NULL, K, mm[l], s[l], t[l]))
                                        : (T)N(lse_nonfinite)(xr, K, mm[l]);
             else
                 logs[l] = (T)N(log_sum)(xr, NULL, K, mm[l], s[l], t[l]);
         }
-        if (what == FSM_LANE_LOG_SOFTMAX)
+        if (what == FSM_WRITE_LOG_SOFTMAX)
             for (ptrdiff_t c = 0; c < K; c++)
 #pragma omp simd
                 for (ptrdiff_t l = 0; l < FSM_LANES; l++)
@@ -243,7 +243,7 @@ FSM_INLINE void N(block_exp)(const T *x, ptrdiff_t nb, ptrdiff_t K, T *m, T *e, 
     ptrdiff_t i0 = 0;
     for (; sizeof(T) == sizeof(float) && K <= FSM_LANE_EXP_MAX_K && i0 + FSM_LANES <= nb;
          i0 += FSM_LANES)
-        N(lanes_rows)(x + i0 * K, K, m + i0, e + i0 * K, s + i0, t + i0, want_t, FSM_LANE_EXP);
+        N(lanes_rows)(x + i0 * K, K, m + i0, e + i0 * K, s + i0, t + i0, want_t, FSM_WRITE_EXP);
     /* the rest: shifted row by row, then one exp over the contiguous stretch (a per-row
      * exp loop measured 1.4-2x slower at K = 16-31) */
     for (ptrdiff_t i = i0; i < nb; i++) {
@@ -372,7 +372,7 @@ FSM_CLONES void N(fsm_softmax)(const T *x, T *out, ptrdiff_t r0, ptrdiff_t r1, p
 {
     /* exp goes straight into out (out may be x: each element is read before written) */
     N(ew_ctx) cx = {out, K};
-    FSM_LANE_GROUPS(FSM_LANE_SOFTMAX, out + r0 * K, 0)
+    FSM_LANE_GROUPS(FSM_WRITE_SOFTMAX, out + r0 * K, 0)
     FSM_FOR_ROWS(out, N(fin_softmax), &cx, 0)
 }
 
@@ -391,7 +391,7 @@ FSM_CLONES void N(fsm_log_softmax)(const T *x, T *out, ptrdiff_t r0, ptrdiff_t r
 {
     N(ew_ctx) cx = {out, K};
     T *none = NULL;
-    FSM_LANE_GROUPS(FSM_LANE_LOG_SOFTMAX, out + r0 * K, 1)
+    FSM_LANE_GROUPS(FSM_WRITE_LOG_SOFTMAX, out + r0 * K, 1)
     FSM_FOR_ROWS(none, N(fin_log_softmax), &cx, 1)
 }
 
@@ -406,7 +406,7 @@ FSM_CLONES void N(fsm_logsumexp)(const T *x, T *out, ptrdiff_t r0, ptrdiff_t r1,
 {
     N(ew_ctx) cx = {out, K};
     T *none = NULL;
-    FSM_LANE_GROUPS(FSM_LANE_LSE, out + r0, 1)
+    FSM_LANE_GROUPS(FSM_WRITE_LSE, out + r0, 1)
     FSM_FOR_ROWS(none, N(fin_logsumexp), &cx, 1)
 }
 
@@ -555,17 +555,17 @@ FSM_INLINE double N(col_log_sum)(const T *xc, ptrdiff_t R, ptrdiff_t b, T m, dou
     return log1p(rest);
 }
 
-/* what: FSM_LANE_SOFTMAX, FSM_LANE_LOG_SOFTMAX or FSM_LANE_LSE (out: the slab's (b,) row) */
+/* what: FSM_WRITE_SOFTMAX, FSM_WRITE_LOG_SOFTMAX or FSM_WRITE_LSE (out: the slab's (b,) row) */
 FSM_INLINE void N(cols)(const T *x, T *out, ptrdiff_t R, ptrdiff_t b, ptrdiff_t j0,
                         ptrdiff_t j1, int what)
 {
     T m[FSM_COL_TILE];
     double hi[FSM_COL_TILE], lo[FSM_COL_TILE];
-    const int careful = what != FSM_LANE_SOFTMAX && sizeof(T) == sizeof(double);
+    const int careful = what != FSM_WRITE_SOFTMAX && sizeof(T) == sizeof(double);
     for (ptrdiff_t jt = j0; jt < j1; jt += FSM_COL_TILE) {
         const ptrdiff_t w = (j1 - jt < FSM_COL_TILE) ? j1 - jt : FSM_COL_TILE;
         const T *xt = x + jt;
-        T *ot = (what == FSM_LANE_LSE) ? NULL : out + jt;
+        T *ot = (what == FSM_WRITE_LSE) ? NULL : out + jt;
 #pragma omp simd
         for (ptrdiff_t j = 0; j < w; j++) {
             m[j] = xt[j];
@@ -580,7 +580,7 @@ FSM_INLINE void N(cols)(const T *x, T *out, ptrdiff_t R, ptrdiff_t b, ptrdiff_t 
         }
         for (ptrdiff_t r = 0; r < R; r++) {
             const T *xr = xt + r * b;
-            if (what == FSM_LANE_SOFTMAX) {
+            if (what == FSM_WRITE_SOFTMAX) {
                 T *orow = ot + r * b;
 #pragma omp simd
                 for (ptrdiff_t j = 0; j < w; j++) {
@@ -601,7 +601,7 @@ FSM_INLINE void N(cols)(const T *x, T *out, ptrdiff_t R, ptrdiff_t b, ptrdiff_t 
                     hi[j] += EXP(xr[j] - m[j]);
             }
         }
-        if (what == FSM_LANE_SOFTMAX) {
+        if (what == FSM_WRITE_SOFTMAX) {
             T inv[FSM_COL_TILE];
 #pragma omp simd
             for (ptrdiff_t j = 0; j < w; j++)
@@ -621,7 +621,7 @@ FSM_INLINE void N(cols)(const T *x, T *out, ptrdiff_t R, ptrdiff_t b, ptrdiff_t 
                 t = (hi[j] - 1.0) + lo[j];
             else /* float: s - 1 from the double sum down to 2^-20 (see block_exp) */
                 t = (s - 1.0 >= 0x1p-20) ? s - 1.0 : -1.0;
-            if (what == FSM_LANE_LSE) {
+            if (what == FSM_WRITE_LSE) {
                 T mj = m[j];
                 if (isfinite(mj)) {
                     out[jt + j] = (T)(mj + N(col_log_sum)(xt + j, R, b, mj, s, t));
@@ -638,7 +638,7 @@ FSM_INLINE void N(cols)(const T *x, T *out, ptrdiff_t R, ptrdiff_t b, ptrdiff_t 
                 logs[j] = (T)N(col_log_sum)(xt + j, R, b, m[j], s, t);
             }
         }
-        if (what == FSM_LANE_LOG_SOFTMAX)
+        if (what == FSM_WRITE_LOG_SOFTMAX)
             for (ptrdiff_t r = 0; r < R; r++) {
                 const T *xr = xt + r * b;
                 T *orow = ot + r * b;
@@ -652,19 +652,19 @@ FSM_INLINE void N(cols)(const T *x, T *out, ptrdiff_t R, ptrdiff_t b, ptrdiff_t 
 FSM_CLONES void N(fsm_softmax_cols)(const T *x, T *out, ptrdiff_t R, ptrdiff_t b, ptrdiff_t j0,
                                     ptrdiff_t j1)
 {
-    N(cols)(x, out, R, b, j0, j1, FSM_LANE_SOFTMAX);
+    N(cols)(x, out, R, b, j0, j1, FSM_WRITE_SOFTMAX);
 }
 
 FSM_CLONES void N(fsm_log_softmax_cols)(const T *x, T *out, ptrdiff_t R, ptrdiff_t b,
                                         ptrdiff_t j0, ptrdiff_t j1)
 {
-    N(cols)(x, out, R, b, j0, j1, FSM_LANE_LOG_SOFTMAX);
+    N(cols)(x, out, R, b, j0, j1, FSM_WRITE_LOG_SOFTMAX);
 }
 
 FSM_CLONES void N(fsm_logsumexp_cols)(const T *x, T *out, ptrdiff_t R, ptrdiff_t b,
                                       ptrdiff_t j0, ptrdiff_t j1)
 {
-    N(cols)(x, out, R, b, j0, j1, FSM_LANE_LSE);
+    N(cols)(x, out, R, b, j0, j1, FSM_WRITE_LSE);
 }
 
 #undef N
