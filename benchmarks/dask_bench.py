@@ -2,14 +2,18 @@
 fastsm, and an out-of-core run several times a worker's memory.
 
     python -m benchmarks.dask_bench [--workers 2] [--memory-limit 1GiB] [--oversize 4]
+                                    [--speed-gib 2] [--rounds 5]
 
-1. Speed on data that fits, float32, the class axis in several chunks of >= 64 MiB: the
-   array is made and persisted on the workers first, then each contender's compute() is
-   timed (medians of --rounds, contenders interleaved): fastsm.dask, the same formulas
+1. Speed on data that fits (--speed-gib, default 2 GiB), float32, the class axis in
+   several chunks of 64 MiB, on a cluster whose memory_limit holds it: the array is made
+   and persisted on the workers first, then each contender's compute() is timed (medians
+   of --rounds, contenders interleaved): fastsm.dask, the same formulas
    written with dask.array ufuncs (``m + log(sum(exp(x - m)))``; cross-entropy as
    ``mean(lse - x[target])`` with the target picked by a one-hot comparison, since dask
    has no fancy indexing along a chunked axis), and in-memory fastsm on the same bytes
-   gathered into this process (2 threads).  GB/s = logits bytes / time.
+   gathered into this process (2 threads).  GB/s = logits bytes / time.  Also the
+   cluster's latency (the same calls on a 2x4 array: scheduling and transfers, ~45 ms
+   on the 2-core machine, paid once per compute whatever the size) and peak worker RSS.
 2. Out-of-core: logits --oversize times the cluster's total memory_limit, made chunk-wise
    by ``da.random`` inside the graph (never held whole), the class axis chunked;
    logsumexp and cross_entropy (mean).  Reports the peak RSS of each worker (polled every
@@ -95,11 +99,63 @@ def timed(fn, rounds):
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def speed(args, limit):
+    """Section 1 on its own cluster, sized to hold the data (persisted once on the workers)."""
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    import fastsm
+    import fastsm.dask as fd
+
+    classes, chunks = 32768, (2048, 8192)  # 64 MiB float32 chunks, the class axis in 4
+    rows = max(chunks[0], int(args.speed_gib * 2**30) // (4 * classes) // chunks[0] * chunks[0])
+    nbytes = rows * classes * 4
+    # each worker holds its share and one chunk in flight, with room for the kernels
+    speed_limit = max(limit, int(1.5 * nbytes / args.workers) + 2**29)
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                           memory_limit=speed_limit, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        x = da.random.default_rng(0).standard_normal((rows, classes), chunks=chunks,
+                                                     dtype=np.float32).persist()
+        target = da.random.default_rng(1).integers(0, classes, rows, chunks=chunks[0]).persist()
+        tiny = da.zeros((2, 4), chunks=(1, 2), dtype=np.float32).persist()
+        x_np, t_np = _gather(client, x), _gather(client, target)  # no worker concatenates
+        with PeakMemory(client) as mem:
+            lse = timed({"fastsm.dask": lambda: fd.logsumexp(x).compute(),
+                         "dask.array formulas": lambda: plain_logsumexp(x).compute(),
+                         "in-memory fastsm": lambda: fastsm.logsumexp(x_np)}, args.rounds)
+            ce = timed({"fastsm.dask": lambda: fd.cross_entropy(x, target).compute(),
+                        "dask.array formulas": lambda: plain_cross_entropy(x, target).compute(),
+                        "in-memory fastsm": lambda: fastsm.cross_entropy(x_np, t_np)},
+                       args.rounds)
+            latency = timed({"lse": lambda: fd.logsumexp(tiny).compute(),
+                             "ce": lambda: fd.cross_entropy(tiny, np.zeros(2, int)).compute()},
+                            args.rounds)
+        got = fd.cross_entropy(x, target).compute()
+        ref = fastsm.cross_entropy(x_np, t_np)
+        assert abs(got - ref) <= 1e-5 * abs(ref), (got, ref)
+        print(f"\nspeed, {rows}x{classes} float32 ({nbytes / 2**30:.2f} GiB), chunks "
+              f"{chunks[0]}x{chunks[1]} (64 MiB), workers' memory_limit "
+              f"{speed_limit / 2**30:.2f} GiB, medians of {args.rounds} interleaved rounds "
+              "(in-memory fastsm: this process, 2 threads):")
+        for op, res in (("logsumexp", lse), ("cross_entropy (mean)", ce)):
+            base = res["fastsm.dask"]
+            for name, t in res.items():
+                print(f"  {op:22s} {name:20s} {t * 1e3:9.1f} ms  {nbytes / t / 1e9:6.2f} GB/s  "
+                      f"time / fastsm.dask {t / base:5.2f}")
+        print(f"  the cluster's latency, the same calls on a 2x4 array: logsumexp "
+              f"{latency['lse'] * 1e3:.1f} ms, cross_entropy {latency['ce'] * 1e3:.1f} ms")
+        print("  peak worker RSS " + ", ".join(f"{p / 2**20:.0f} MiB" for p in mem.peaks.values()))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--memory-limit", default="1GiB")
+    parser.add_argument("--memory-limit", default="1GiB",
+                        help="each worker's memory_limit in the out-of-core run")
     parser.add_argument("--oversize", type=float, default=4.0)
+    parser.add_argument("--speed-gib", type=float, default=2.0,
+                        help="size of the speed run's logits (GiB, float32)")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
 
@@ -108,42 +164,14 @@ def main(argv=None):
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
 
-    import fastsm
     import fastsm.dask as fd
 
     limit = parse_bytes(args.memory_limit)
+    print(f"{args.workers} workers x 1 thread (LocalCluster, processes); dask {dask.__version__}")
+    speed(args, limit)
     cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                            memory_limit=limit, dashboard_address=None)
     with cluster, Client(cluster) as client:
-        print(f"LocalCluster: {args.workers} workers x 1 thread, memory_limit "
-              f"{limit / 2**30:.2f} GiB each; dask {dask.__version__}")
-
-        # 1. speed on data that fits: 4096 x 32768 float32 (512 MiB) in 4 x 2 chunks of 64 MiB
-        rows, classes = 4096, 32768
-        x = da.random.default_rng(0).standard_normal((rows, classes), chunks=(2048, 8192),
-                                                     dtype=np.float32).persist()
-        target = da.random.default_rng(1).integers(0, classes, rows, chunks=2048).persist()
-        x_np, t_np = _gather(client, x), _gather(client, target)  # no worker concatenates
-        nbytes = x_np.nbytes
-        lse = timed({"fastsm.dask": lambda: fd.logsumexp(x).compute(),
-                     "dask.array formulas": lambda: plain_logsumexp(x).compute(),
-                     "in-memory fastsm": lambda: fastsm.logsumexp(x_np)}, args.rounds)
-        ce = timed({"fastsm.dask": lambda: fd.cross_entropy(x, target).compute(),
-                    "dask.array formulas": lambda: plain_cross_entropy(x, target).compute(),
-                    "in-memory fastsm": lambda: fastsm.cross_entropy(x_np, t_np)},
-                   args.rounds)
-        got = fd.cross_entropy(x, target).compute()
-        ref = fastsm.cross_entropy(x_np, t_np)
-        assert abs(got - ref) <= 1e-5 * abs(ref), (got, ref)
-        print(f"\nspeed, {rows}x{classes} float32 ({nbytes / 2**20:.0f} MiB), chunks 2048x8192 "
-              f"(64 MiB), medians of {args.rounds} interleaved rounds:")
-        for op, res in (("logsumexp", lse), ("cross_entropy (mean)", ce)):
-            base = res["fastsm.dask"]
-            for name, t in res.items():
-                print(f"  {op:22s} {name:20s} {t * 1e3:9.1f} ms  {nbytes / t / 1e9:6.2f} GB/s  "
-                      f"time / fastsm.dask {t / base:5.2f}")
-        del x, target, x_np, t_np
-
         # 2. out of core: --oversize x the cluster's memory, generated inside the graph
         total = int(args.oversize * limit * args.workers)
         big_classes = 32768

@@ -408,6 +408,66 @@ def _logsumexp_scaled(a, b, axis, keepdims, return_sign, out, backend):
     return value
 
 
+# ----------------------------------------------------------------------------- lse in parts
+def _one_axis_rows(name, x, axis):
+    """(axis as a non-negative int,) + ``_as_rows`` for functions of exactly one axis."""
+    x = np.asarray(x)
+    if x.ndim == 0:
+        raise ValueError(f"{name} needs an array with at least one axis; got a 0-d array")
+    ax = normalize_axis_index(_integer("axis", axis), x.ndim)
+    return (ax,) + _as_rows(x, ax)
+
+
+def lse_parts(x, axis=-1, *, backend=None):
+    r"""``(m, L)`` along one axis, float64, that axis kept with size 1: ``m = max_i x_i`` and
+    ``L = log(sum_i exp(x_i - m))`` (log1p-accurate as ``logsumexp``), one pass, so that
+    ``logsumexp = m + L`` where m is finite; where m is +-inf or NaN, L is the slice's
+    logsumexp itself.  An empty slice gives ``(-inf, -inf)``.
+
+    For log-sum-exps of a slice held in pieces (``fastsm.dask``): the pieces' parts combine
+    as ``M = max_k m_k``, ``L = logsumexp_k(m_k - M + L_k)``; keeping L apart from m keeps a
+    tiny L's digits and L itself when |m| is huge (rows of -1e30).
+    """
+    ax, x, compute, _, axes, moved, x2 = _one_axis_rows("lse_parts", x, axis)
+    n, k = x2.shape
+    m, L = np.empty(n), np.empty(n)
+    if k == 0:
+        m[:], L[:] = -np.inf, -np.inf
+    elif n:
+        mod = _kernels(backend, "lse_parts", compute, n, k)
+        _parallel.run(mod, "lse_parts", compute, n, k, mod.lse_parts, x2, m, L)
+    shape = moved.shape[:-1]
+    return (np.expand_dims(m.reshape(shape), ax), np.expand_dims(L.reshape(shape), ax))
+
+
+def from_lse_parts(x, m, L, axis=-1, *, log=False, backend=None):
+    r"""``log_softmax`` (``log=True``) or ``softmax`` of ``x`` along ``axis`` given each
+    slice's log-sum-exp in parts (``m``, ``L`` as from :func:`lse_parts`, of the whole
+    slice when x is one piece of it, broadcast against x with that axis of size 1):
+    ``(x_i - m) - L``, or its exp.  Computed in x's compute dtype; a slice whose m is not
+    finite or whose L is NaN is NaN, as in ``softmax``.
+    """
+    ax, x, compute, result, axes, moved, x2 = _one_axis_rows("from_lse_parts", x, axis)
+    n, k = x2.shape
+    reduced = x.shape[:ax] + (1,) + x.shape[ax + 1:]
+    parts = []
+    for name, v in (("m", m), ("L", L)):
+        v = np.asarray(v, np.float64)
+        try:
+            v = np.broadcast_to(v, reduced)
+        except ValueError:
+            raise ValueError(f"{name} has shape {v.shape}; expected {reduced} (x's shape with "
+                             f"axis {ax} of size 1) or one that broadcasts to it") from None
+        parts.append(np.ascontiguousarray(np.moveaxis(v, ax, -1)).reshape(n))
+    res = np.empty((n, k), compute)
+    if n and k:
+        op = "from_lse_parts"
+        mod = _kernels(backend, op, compute, n, k)
+        _parallel.run(mod, op, compute, n, k, mod.from_lse_parts, x2, parts[0], parts[1],
+                      res, bool(log))
+    return _restore(_to_result(res.reshape(moved.shape), result), axes, x.ndim)
+
+
 def _target_kind(target, logits_shape, k):
     """'index' or 'soft' for a validated target; raises on anything else."""
     batch = logits_shape[:-1]

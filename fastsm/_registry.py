@@ -22,7 +22,8 @@ BACKEND_MODULES = (
 KNOWN = tuple(name for name, _ in BACKEND_MODULES)
 
 # The kernels every backend module must define.
-KERNELS = ("softmax", "log_softmax", "logsumexp", "ce_index", "ce_soft")
+KERNELS = ("softmax", "log_softmax", "logsumexp", "ce_index", "ce_soft", "lse_parts",
+           "from_lse_parts")
 
 _loaded: dict = {}
 _failed: dict = {}

@@ -12,26 +12,35 @@ Design
   rescaling (``M = max m_k``, ``L = log sum_k exp(m_k - M + L_k)``, itself a fastsm
   logsumexp), then one blockwise pass: log_softmax = (x - M) - L, softmax = exp of that.
   Carrying (M, L) instead of lse = M + L keeps L when |M| is huge (rows of -1e30), as the
-  in-memory kernels do.  The per-chunk L is fastsm's logsumexp of the chunk in float64
-  minus its max, so results near zero keep their digits through the combination.
+  in-memory kernels do.  Both passes are kernels of every backend, reached through the
+  front (``_api.lse_parts``: (m, L) in one read of the chunk, L log1p-accurate, so results
+  near zero keep their digits through the combination; ``_api.from_lse_parts``: the
+  normalisation in one pass).
 - Cross-entropy: per block of rows, the per-sample losses and the mean's weight sum, then
   ``sum``/``mean`` over blocks as the in-memory version divides (sum of losses / sum of
   target weights).  Class axis in one chunk: each block is one in-memory fastsm call.  In
-  several chunks: the row statistics (M, L) as above, then per (rows, class chunk) block
-  the partial loss sum_c q_c d_c with d_c = lse - x_c = (M - x_c) + L (never the
-  difference of two large numbers: a confident row's tiny loss keeps its digits), summed
-  over the chunks; the gradient block is exp(-d) Q - q.  The chunk's classes come from
-  ``block_info``; ignore_index, class weights, label smoothing and soft targets follow
-  the in-memory rules (a zero q_c contributes 0 even at x_c = -inf; rows without a usable
-  logit stay NaN; ignored rows are 0).
-- Memory: per block, the shift is one copy in the input's dtype and the cross-entropy runs
-  in row slabs (``_SLAB``), so a block needs little beyond its own size.  Measured
-  (``python -m benchmarks.dask_bench``, 2 workers x 1 thread x 1 GiB, 8 GiB float32 logits in
-  256 MiB chunks, classes in 4): logsumexp peak worker RSS 664 MiB, cross_entropy 920 MiB
-  (workers paused at 80% and resumed), none killed, nothing spilled.  Speed there, 512 MiB
-  that fits: 1.75x (logsumexp) and 2.2x (cross-entropy) the same formulas in dask.array,
-  0.22-0.27x in-memory fastsm: the per-chunk statistics take three passes (max, shift,
-  logsumexp) where a fused (max, sum) kernel would take one.
+  several chunks, class-index targets: one read of each (rows, class chunk) block, where it
+  lies, gives small per-row parts (``_index_ce_parts``: m, L, the target's logit if the
+  target is in the chunk, and for label smoothing sum_c w_c (x_c - m)), combined per block
+  of rows into the loss (``_index_ce_loss``) with d_c = lse - x_c = (M - x_c) + L (never the
+  difference of two large numbers: a confident row's tiny loss keeps its digits).  Soft
+  targets: the row statistics, then per block the partial loss sum_c q_c d_c.  The
+  gradient block is exp(-d) Q - q.  The chunk's classes come from ``block_info``;
+  ignore_index, class weights, label smoothing and soft targets follow the in-memory rules
+  (a zero q_c contributes 0 even at x_c = -inf; rows without a usable logit stay NaN;
+  ignored rows are 0).
+- Measured (``python -m benchmarks.dask_bench``, 2 workers x 1 thread, float32, the class
+  axis in 4 chunks; results in benchmarks/results/dask_bench.txt).  Speed, 2 GiB that fits
+  in 64 MiB chunks: logsumexp and cross_entropy (mean) 3.0-5.5x the same formulas written
+  with dask.array ufuncs, 1.27-1.37x in-memory fastsm's time (2 threads; the cluster's own
+  latency is ~40 ms per logsumexp and ~90-105 ms per cross_entropy compute on this 2-core
+  machine).  Rejected, measured: statistics as max, a shifted copy and a logsumexp (three
+  reads of each chunk) 1.75-2.2x the formulas on 512 MiB; the index-target loss as a second
+  pass after the statistics, 1.6x in-memory: its tasks pulled 64 MiB blocks between
+  workers (30 transfers, 128 ms per compute).
+- Memory: a chunk's kernels allocate per-row outputs only, and the cross-entropy's
+  float64 temporaries run in row slabs (``_SLAB``).  8 GiB float32 logits in 256 MiB chunks
+  on 2 workers x 1 GiB: none killed, nothing spilled (peak worker RSS in the results file).
 - Threads: nothing to set.  dask.distributed's nanny starts each worker process with
   OMP_NUM_THREADS=1 (its ``distributed.nanny.pre-spawn-environ``), which fastsm reads as
   its thread count, so a worker runs ``threads_per_worker`` one-thread kernels at a time,
@@ -75,23 +84,12 @@ def _axis(axis, ndim):
 
 # ----------------------------------------------------------------------------- row statistics
 def _chunk_stats(x, axis, keepdims, backend=None):
-    """(m, L) per slice of one chunk, float64, the reduced axis kept: L is the logsumexp of
-    x - m, so a tiny L (a confident row) keeps its digits whatever the size of m."""
-    x = np.asarray(x)
-    ax = axis[0]
-    stats = np.empty(x.shape[:ax] + (1,) + x.shape[ax + 1:], _STATS)
-    if x.shape[ax] == 0:
-        stats["m"], stats["L"] = -np.inf, -np.inf
-        return stats
-    with np.errstate(invalid="ignore"):
-        m = np.max(x, axis=ax, keepdims=True)
-        # shifted in x's own dtype, as the in-memory kernels shift (one chunk-sized copy;
-        # float64 doubled a float32 chunk's footprint and killed 1 GiB workers on 256 MiB
-        # chunks); +-inf/NaN slices are not shifted: L is their logsumexp itself
-        dt = _api._dtypes(x.dtype, "x")[0]
-        z = np.asarray(x, dt) - np.where(np.isfinite(m), m, 0).astype(dt)
-        stats["m"] = m
-        stats["L"] = fastsm.logsumexp(z, axis=ax, keepdims=True, backend=backend)
+    """(m, L) per slice of one chunk, float64, the reduced axis kept, in one pass of the
+    kernels' ``lse_parts``: L is the logsumexp of x - m, so a tiny L (a confident row)
+    keeps its digits whatever the size of m."""
+    m, L = _api.lse_parts(x, axis[0], backend=backend)
+    stats = np.empty(m.shape, _STATS)
+    stats["m"], stats["L"] = m, L
     return stats
 
 
@@ -126,21 +124,10 @@ def _lse_from_stats(stats, result):
     return value.astype(result)
 
 
-def _normalise(x, stats, log, compute, result):
-    """(x - M) - L, or its exp, with the combined row statistics of x's slices."""
-    x = np.asarray(x, compute)
-    # in the compute dtype, as the in-memory kernels: M is one of x's values (exact) and L
-    # rounds as their log-sum does; no float64 copies of the chunk
-    m, L = stats["m"].astype(compute), stats["L"].astype(compute)
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = x - m
-        out -= L
-        if not log:
-            np.exp(out, out=out)
-        bad = ~np.isfinite(m) | np.isnan(L)  # all -inf, +inf or NaN slices: NaN, as in memory
-        if bad.any():
-            out[np.broadcast_to(bad, out.shape)] = np.nan
-    return out.astype(result, copy=False)
+def _normalise(x, stats, axis, log, backend):
+    """(x - M) - L, or its exp, with the combined row statistics of x's slices (the
+    kernels' ``from_lse_parts``: one pass, in the compute dtype)."""
+    return _api.from_lse_parts(x, stats["m"], stats["L"], axis, log=log, backend=backend)
 
 
 # ----------------------------------------------------------------------------- public
@@ -164,7 +151,7 @@ def _elementwise(name, x, axis, backend):
     if x.numblocks[ax] == 1:
         return x.map_blocks(getattr(fastsm, name), axis=ax, backend=backend, dtype=result)
     stats = _row_stats(x, ax, backend)
-    return da.map_blocks(_normalise, x, stats, name == "log_softmax", compute, result,
+    return da.map_blocks(_normalise, x, stats, ax, name == "log_softmax", backend,
                          dtype=result)
 
 
@@ -203,14 +190,14 @@ def _sample_weights(target, weight, ignore_index, k):
     return np.where(kept, w[np.where(kept, t, 0)], 0.0)
 
 
-def _index_targets(t, w, ignore_index, eps, k, c0):
+def _index_targets(t, w, ignore_index, eps, k, check):
     """(class index or 0, kept, target-term weight (1 - eps) w_y or 0) per row of a slab's
-    (rows, 1) targets; a target neither a class nor ignore_index raises, once per block of
-    rows (by its first class chunk, c0 == 0)."""
+    (rows, 1) targets; with ``check``, a target neither a class nor ignore_index raises
+    (callers check once per block of rows: by its first class chunk)."""
     y = np.asarray(t)[:, 0].astype(np.int64)
     keep = y != ignore_index
     bad = ~(((y >= 0) & (y < k)) | ~keep)
-    if bad.any() and c0 == 0:
+    if bad.any() and check:
         pos = int(np.flatnonzero(bad)[0])
         raise ValueError(f"target value {y[pos]} at block row {pos} is out of range: "
                          f"expected a class index in [0, {k}) or ignore_index={ignore_index}")
@@ -224,7 +211,7 @@ def _chunk_q(t, w, ignore_index, eps, k, soft, c0, c1):
     wc = w[c0:c1]
     if soft:
         return wc * ((1.0 - eps) * np.asarray(t, np.float64) + eps / k), None
-    yc, keep, keep_w = _index_targets(t, w, ignore_index, eps, k, c0)
+    yc, keep, keep_w = _index_targets(t, w, ignore_index, eps, k, c0 == 0)
     inside = keep & (yc >= c0) & (yc < c1)
     q = np.where(keep[..., None], eps / k * wc, 0.0)
     at = np.where(inside, yc - c0, -1)
@@ -255,32 +242,8 @@ def _ce_chunk(x, t, stats, w, ignore_index, eps, k, soft, what, block_info=None)
     return out.reshape(x.shape[:-1] + out.shape[-1:])
 
 
-def _index_loss_rows(x, t, stats, w, ignore_index, eps, k, c0, c1):
-    """The partial loss of a slab for class-index targets without the (rows, w) q array:
-    the target's term is a gather, label smoothing's a matrix-vector product over the
-    chunk's classes of nonzero weight; without smoothing the slab's logits are read only
-    at the targets."""
-    yc, keep, keep_w = _index_targets(t, w, ignore_index, eps, k, c0)
-    m, L = stats["m"][:, 0], stats["L"][:, 0]
-    inside = np.flatnonzero(keep & (yc >= c0) & (yc < c1) & (keep_w != 0.0))
-    part = np.zeros(x.shape[0])
-    with np.errstate(invalid="ignore", over="ignore"):
-        xy = x[inside, yc[inside] - c0].astype(np.float64)
-        part[inside] = keep_w[inside] * ((m[inside] - xy) + L[inside])
-        if eps:
-            wc = w[c0:c1]
-            used = wc != 0.0  # a zero weight adds 0 even where x = -inf
-            d = (m[:, None] - x[:, used].astype(np.float64)) + L[:, None]
-            part += np.where(keep, eps / k * (d @ wc[used]), 0.0)
-        dead = ~np.isfinite(m) | np.isnan(L)  # no usable logit in the row: NaN
-        part[dead & keep] = np.nan
-    return part[:, None]
-
-
 def _ce_rows(x, t, stats, w, ignore_index, eps, k, soft, what, c0, c1):
     """_ce_chunk for a 2-D slab of rows."""
-    if what == "loss" and not soft:
-        return _index_loss_rows(x, t, stats, w, ignore_index, eps, k, c0, c1)
     q, kept = _chunk_q(t, w, ignore_index, eps, k, soft, c0, c1)
     if what == "q":
         return q.sum(axis=-1, keepdims=True)
@@ -297,6 +260,70 @@ def _ce_rows(x, t, stats, w, ignore_index, eps, k, soft, what, c0, c1):
         return np.where(keep, grad, 0.0).astype(x.dtype)
 
 
+_CE_PARTS = np.dtype([("m", np.float64), ("L", np.float64), ("xy", np.float64),
+                      ("hit", np.bool_), ("S", np.float64), ("shift", np.float64),
+                      ("W", np.float64)])
+
+
+def _index_ce_parts(x, t, w, ignore_index, eps, k, backend, block_info=None):
+    """Everything one (rows, class chunk) block adds to its rows' losses, for class-index
+    targets, in one read of the block where it lies: the lse parts (m, L), the target's
+    logit where the target is in the chunk (xy, hit) and, with label smoothing,
+    S = sum_c w_c (x_c - shift) over the chunk's classes of nonzero weight (shift = m, or 0
+    where m is not finite) with their weight sum W.  Shape (..., 1)."""
+    c0, c1 = block_info[0]["array-location"][-1]
+    x = np.asarray(x)
+    x2 = x.reshape(-1, x.shape[-1])
+    out = np.zeros(x2.shape[0], _CE_PARTS)
+    m, L = _api.lse_parts(x2, -1, backend=backend)
+    out["m"], out["L"] = m[:, 0], L[:, 0]
+    yc, keep, _ = _index_targets(np.asarray(t).reshape(-1, 1), w, ignore_index, eps, k, c0 == 0)
+    rows = np.flatnonzero(keep & (yc >= c0) & (yc < c1))
+    out["xy"][rows] = x2[rows, yc[rows] - c0]
+    out["hit"][rows] = True
+    if eps:
+        wc = w[c0:c1]
+        used = wc != 0.0  # a zero weight adds 0 even where x = -inf
+        wu = wc[used]
+        with np.errstate(invalid="ignore"):
+            shift = np.where(np.isfinite(m[:, 0]), m[:, 0], 0.0)
+        out["shift"], out["W"] = shift, wu.sum()
+        step = max(1, _SLAB // max(1, x2.shape[1]))
+        for r0 in range(0, x2.shape[0], step):
+            xs = x2[r0:r0 + step]
+            xs = xs if used.all() else xs[:, used]
+            with np.errstate(invalid="ignore"):
+                out["S"][r0:r0 + step] = (xs.astype(np.float64) - shift[r0:r0 + step, None]) @ wu
+    return out.reshape(x.shape[:-1] + (1,))
+
+
+def _stats_of_parts(parts):
+    """The combined (M, L) of a block of rows from its chunks' _index_ce_parts, shape (...)."""
+    return _combine_stats(parts[["m", "L"]].astype(_STATS), (parts.ndim - 1,), True)[..., 0]
+
+
+def _index_ce_loss(parts, t, w, ignore_index, eps, k):
+    """Per-sample losses (float64) of a block of rows from its chunks' _index_ce_parts
+    (..., chunks): M = max m, L combined as in _combine_stats, then
+    loss = (1 - eps) w_y ((M - x_y) + L) + eps / k sum_c w_c ((M - x_c) + L), the last sum
+    as W L - sum_chunks (S + W (shift - M)).  Rows with no usable logit: NaN; ignored: 0."""
+    st = _stats_of_parts(parts)
+    big, L = st["m"], st["L"]
+    _, keep, keep_w = _index_targets(np.asarray(t).reshape(-1, 1), w, ignore_index, eps, k,
+                                     False)
+    keep, keep_w = keep.reshape(big.shape), keep_w.reshape(big.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        xy = np.where(parts["hit"], parts["xy"], 0.0).sum(axis=-1)
+        loss = np.where(keep_w != 0.0, keep_w * ((big - xy) + L), 0.0)
+        if eps:
+            shifted = parts["S"] + parts["W"] * (parts["shift"] - big[..., None])
+            total_w = parts["W"].sum(axis=-1)
+            loss += np.where(keep, eps / k * (total_w * L - shifted.sum(axis=-1)), 0.0)
+        dead = ~np.isfinite(big) | np.isnan(L)  # no usable logit in the row: NaN
+        loss[dead & keep] = np.nan
+    return loss
+
+
 def _with_q(stats, q_total):
     out = np.empty(stats.shape, _STATS_Q)
     out["m"], out["L"], out["Q"] = stats["m"], stats["L"], q_total
@@ -309,7 +336,7 @@ _STATS_Q = np.dtype([("m", np.float64), ("L", np.float64), ("Q", np.float64)])
 def _index_q_total(t, w, ignore_index, eps, k):
     """Q = sum_c q_c per row of a block of (..., 1) class-index targets."""
     t = np.asarray(t)
-    _, keep, keep_w = _index_targets(t.reshape(-1, 1), w, ignore_index, eps, k, 0)
+    _, keep, keep_w = _index_targets(t.reshape(-1, 1), w, ignore_index, eps, k, True)
     return np.where(keep, keep_w + eps / k * w.sum(), 0.0).reshape(t.shape)
 
 
@@ -317,14 +344,26 @@ def _chunked_class_ce(x, t, soft, w, ignore_index, eps, result, want_grad, backe
     """(per-sample loss float64 (...), gradient of their sum or None) with the class axis
     of x in several chunks (see the design block)."""
     k = x.shape[-1]
-    ax = x.ndim - 1
-    stats = _row_stats(x, ax, backend)                      # (..., 1)
     tt = t if soft else t[..., None]                        # index targets broadcast
     common = dict(w=w, ignore_index=ignore_index, eps=eps, k=k, soft=soft)
     part_chunks = x.chunks[:-1] + ((1,) * x.numblocks[-1],)
-    parts = da.map_blocks(_ce_chunk, x, tt, stats, what="loss", chunks=part_chunks,
-                          dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64), **common)
-    loss = parts.sum(axis=-1)
+    if soft:
+        stats = _row_stats(x, x.ndim - 1, backend)          # (..., 1)
+        parts = da.map_blocks(_ce_chunk, x, tt, stats, what="loss", chunks=part_chunks,
+                              dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64),
+                              **common)
+        loss = parts.sum(axis=-1)
+    else:
+        # one read of each block, where it lies, then small per-row parts combined per
+        # block of rows: a second pass over the blocks (the loss after the row statistics)
+        # moved 64 MiB blocks between workers and cost 1.6x the in-memory time
+        parts = da.map_blocks(_index_ce_parts, x, tt, w, ignore_index, eps, k, backend,
+                              chunks=part_chunks, dtype=_CE_PARTS,
+                              meta=np.empty((0,) * x.ndim, _CE_PARTS))
+        ind = tuple(range(x.ndim))
+        loss = da.blockwise(_index_ce_loss, ind[:-1], parts, ind, t, ind[:-1], w, None,
+                            ignore_index, None, eps, None, k, None, concatenate=True,
+                            dtype=np.float64, meta=np.empty((0,) * (x.ndim - 1), np.float64))
     if not want_grad:
         return loss, None
     if soft:
@@ -332,6 +371,9 @@ def _chunked_class_ce(x, t, soft, w, ignore_index, eps, result, want_grad, backe
                                 dtype=np.float64, **common).sum(axis=-1, keepdims=True)
     else:
         q_total = tt.map_blocks(_index_q_total, w, ignore_index, eps, k, dtype=np.float64)
+    if not soft:  # the row statistics from the parts already read, not a second pass
+        stats = da.blockwise(_stats_of_parts, ind[:-1], parts, ind, concatenate=True,
+                             dtype=_STATS, meta=np.empty((0,) * (x.ndim - 1), _STATS))[..., None]
     full = da.map_blocks(_with_q, stats, q_total, dtype=_STATS_Q,
                          meta=np.empty((0,) * x.ndim, _STATS_Q))
     grad = da.map_blocks(_ce_chunk, x, tt, full, what="grad", dtype=result,

@@ -15,6 +15,12 @@ front's decision (``fastsm/_parallel.py``: adaptive, within the process's core b
     logsumexp(x, out, nthreads)            out[r]    = lse_r              (out: shape (n,))
     ce_index(x, target, weight, ignore_index, smoothing, scale, loss, grad, nthreads)
     ce_soft(x, target, weight, smoothing, scale, loss, grad, nthreads)
+    lse_parts(x, m, L, nthreads)           m[r] = m_r, L[r] = lse_r - m_r  (float64 (n,) each;
+                                           a non-finite m_r: L[r] = lse_r)
+    from_lse_parts(x, m, L, out, log, nthreads)
+                                           out[r, c] = (x[r, c] - m[r]) - L[r], or its exp
+                                           (m, L: float64 (n,), computed in x.dtype; NaN rows
+                                           where m[r] is not finite or L[r] is NaN)
 
 with ``lse_r = m_r + log(sum_c exp(x[r, c] - m_r))``, ``m_r = max_c x[r, c]``, where the log
 term is ``log1p`` of the sum without one maximal element's 1 wherever that sum is below 1:

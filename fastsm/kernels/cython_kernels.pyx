@@ -56,6 +56,14 @@ cdef extern from "rowops.h" nogil:
                                 Py_ssize_t j0, Py_ssize_t j1)
     void fsm_logsumexp_cols_f64(const double *x, double *out, Py_ssize_t R, Py_ssize_t b,
                                 Py_ssize_t j0, Py_ssize_t j1)
+    void fsm_lse_parts_f32(const float *x, double *m, double *L, Py_ssize_t r0, Py_ssize_t r1,
+                           Py_ssize_t K)
+    void fsm_lse_parts_f64(const double *x, double *m, double *L, Py_ssize_t r0, Py_ssize_t r1,
+                           Py_ssize_t K)
+    void fsm_from_lse_parts_f32(const float *x, const double *m, const double *L, float *out,
+                                int log_out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+    void fsm_from_lse_parts_f64(const double *x, const double *m, const double *L, double *out,
+                                int log_out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
     const char *fsm_isa()
 
 cdef extern from *:
@@ -88,23 +96,35 @@ cdef inline int _threads_for(Py_ssize_t n, Py_ssize_t k, int nthreads) noexcept 
     return <int>n if n < nthreads else nthreads
 
 
-cdef inline void _rows3(int which, const real *x, real *out, Py_ssize_t r0, Py_ssize_t r1,
-                        Py_ssize_t k) noexcept nogil:
-    # which: 0 softmax, 1 log_softmax, 2 logsumexp (out is (n,) for that one)
+cdef enum:
+    _SOFTMAX, _LOG_SOFTMAX, _LOGSUMEXP, _LSE_PARTS, _FROM_PARTS, _FROM_PARTS_LOG
+
+
+cdef inline void _rows(int which, const real *x, real *out, double *m, double *L,
+                       Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t k) noexcept nogil:
+    # out: (n, k), or (n,) for logsumexp, unused for lse_parts; m, L: (n,) for the parts
     if real is float:
-        if which == 0:
+        if which == _SOFTMAX:
             fsm_softmax_f32(x, out, r0, r1, k)
-        elif which == 1:
+        elif which == _LOG_SOFTMAX:
             fsm_log_softmax_f32(x, out, r0, r1, k)
-        else:
+        elif which == _LOGSUMEXP:
             fsm_logsumexp_f32(x, out, r0, r1, k)
-    else:
-        if which == 0:
-            fsm_softmax_f64(x, out, r0, r1, k)
-        elif which == 1:
-            fsm_log_softmax_f64(x, out, r0, r1, k)
+        elif which == _LSE_PARTS:
+            fsm_lse_parts_f32(x, m, L, r0, r1, k)
         else:
+            fsm_from_lse_parts_f32(x, m, L, out, which == _FROM_PARTS_LOG, r0, r1, k)
+    else:
+        if which == _SOFTMAX:
+            fsm_softmax_f64(x, out, r0, r1, k)
+        elif which == _LOG_SOFTMAX:
+            fsm_log_softmax_f64(x, out, r0, r1, k)
+        elif which == _LOGSUMEXP:
             fsm_logsumexp_f64(x, out, r0, r1, k)
+        elif which == _LSE_PARTS:
+            fsm_lse_parts_f64(x, m, L, r0, r1, k)
+        else:
+            fsm_from_lse_parts_f64(x, m, L, out, which == _FROM_PARTS_LOG, r0, r1, k)
 
 
 # Rows are claimed in chunks of ~64k elements (schedule="dynamic"), not one slab per
@@ -123,12 +143,12 @@ cdef inline Py_ssize_t _chunk_rows(Py_ssize_t n, Py_ssize_t k, int nt) noexcept 
     return rows if rows < per else per
 
 
-cdef void _run3(int which, const real *x, real *out, Py_ssize_t n, Py_ssize_t k,
-                int nthreads) noexcept nogil:
+cdef void _run(int which, const real *x, real *out, double *m, double *L, Py_ssize_t n,
+               Py_ssize_t k, int nthreads) noexcept nogil:
     cdef int nt = _threads_for(n, k, nthreads)
     cdef Py_ssize_t c, per, r0, r1, nchunks
     if nt == 1:
-        _rows3(which, x, out, 0, n, k)
+        _rows(which, x, out, m, L, 0, n, k)
         return
     per = _chunk_rows(n, k, nt)
     nchunks = (n + per - 1) // per
@@ -137,28 +157,43 @@ cdef void _run3(int which, const real *x, real *out, Py_ssize_t n, Py_ssize_t k,
         r1 = r0 + per
         if r1 > n:
             r1 = n
-        _rows3(which, x, out, r0, r1, k)
+        _rows(which, x, out, m, L, r0, r1, k)
 
 
 def softmax(const real[:, ::1] x, real[:, ::1] out, int nthreads=1):
     """out[r, c] = exp(x[r, c] - m_r) / sum_j exp(x[r, j] - m_r)."""
     with nogil:
-        _run3(0, &x[0, 0], &out[0, 0], x.shape[0], x.shape[1], nthreads)
+        _run(_SOFTMAX, &x[0, 0], &out[0, 0], NULL, NULL, x.shape[0], x.shape[1], nthreads)
 
 
 def log_softmax(const real[:, ::1] x, real[:, ::1] out, int nthreads=1):
     """out[r, c] = (x[r, c] - m_r) - log(sum_j exp(x[r, j] - m_r))."""
     with nogil:
-        _run3(1, &x[0, 0], &out[0, 0], x.shape[0], x.shape[1], nthreads)
+        _run(_LOG_SOFTMAX, &x[0, 0], &out[0, 0], NULL, NULL, x.shape[0], x.shape[1], nthreads)
 
 
 def logsumexp(const real[:, ::1] x, real[::1] out, int nthreads=1):
     """out[r] = m_r + log(sum_j exp(x[r, j] - m_r))."""
     with nogil:
-        _run3(2, &x[0, 0], &out[0], x.shape[0], x.shape[1], nthreads)
+        _run(_LOGSUMEXP, &x[0, 0], &out[0], NULL, NULL, x.shape[0], x.shape[1], nthreads)
 
 
 # ---- reductions over an axis that is not last: (a, R, b) C-contiguous, reduced over R
+def lse_parts(const real[:, ::1] x, double[::1] m, double[::1] L, int nthreads=1):
+    """m[r] = max_j x[r, j], L[r] = log(sum_j exp(x[r, j] - m[r]))."""
+    with nogil:
+        _run(_LSE_PARTS, &x[0, 0], <real *>NULL, &m[0], &L[0], x.shape[0], x.shape[1],
+             nthreads)
+
+
+def from_lse_parts(const real[:, ::1] x, const double[::1] m, const double[::1] L,
+                   real[:, ::1] out, bint log, int nthreads=1):
+    """out[r, c] = (x[r, c] - m[r]) - L[r], or its exp."""
+    with nogil:
+        _run(_FROM_PARTS_LOG if log else _FROM_PARTS, &x[0, 0], &out[0, 0], <double *>&m[0],
+             <double *>&L[0], x.shape[0], x.shape[1], nthreads)
+
+
 cdef inline void _cols3(int which, const real *x, real *out, Py_ssize_t R, Py_ssize_t b,
                         Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     if real is float:

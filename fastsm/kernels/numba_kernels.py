@@ -469,19 +469,32 @@ def _finish_log_softmax(xf, of, k, t0, t1, ms, ss, ts, aux):
 
 
 @njit(inline="always", error_model="numpy")
+def _lse_nonfinite(xf, k, i, m):
+    """logsumexp of row i whose max m is +-inf: m, unless the row holds NaN."""
+    xrow = xf[i * k:i * k + k]
+    for c in range(k):
+        if np.isnan(xrow[c]):
+            return xrow[c]
+    return m
+
+
+@njit(inline="always", error_model="numpy")
 def _finish_logsumexp(xf, ef, k, t0, t1, ms, ss, ts, out):
     for i in range(t0, t1):
         m = ms[i - t0]
         if np.isfinite(m):
             out[i] = m + _log_sum(ss[i - t0], ts[i - t0])
-        else:  # +-inf max: the answer is that max, unless the row holds NaN
-            v = m
-            xrow = xf[i * k:i * k + k]
-            for c in range(k):
-                if np.isnan(xrow[c]):
-                    v = xrow[c]
-                    break
-            out[i] = v
+        else:
+            out[i] = _lse_nonfinite(xf, k, i, m)
+
+
+@njit(inline="always", error_model="numpy")
+def _finish_lse_parts(xf, ef, k, t0, t1, ms, ss, ts, aux):
+    m_out, l_out = aux
+    for i in range(t0, t1):
+        m = ms[i - t0]
+        m_out[i] = m
+        l_out[i] = _log_sum(ss[i - t0], ts[i - t0]) if np.isfinite(m) else _lse_nonfinite(xf, k, i, m)
 
 
 @njit(inline="always", error_model="numpy")
@@ -579,6 +592,42 @@ _SOFTMAX = _pair(_finish_softmax)
 _LOG_SOFTMAX = _pair(_finish_log_softmax)
 _LOGSUMEXP = _pair(_finish_logsumexp)
 _CE = _pair(_finish_ce)
+_LSE_PARTS = _pair(_finish_lse_parts)
+
+
+def _from_lse_parts_rows(xf, m, L, of, n, k, log_out, nblocks, rows_per):
+    """of = (x - m_r) - L_r per row, or its exp; NaN rows where m is not finite or L NaN."""
+    for b in prange(nblocks):
+        _wide_vectors()
+        for i in range(b * rows_per, min(n, b * rows_per + rows_per)):
+            xrow = xf[i * k:i * k + k]
+            orow = of[i * k:i * k + k]
+            mi = _like(xf, m[i])
+            li = _like(xf, L[i])
+            if not np.isfinite(mi) or np.isnan(li):
+                for c in range(k):
+                    orow[c] = np.nan
+            elif log_out:
+                for c in range(k):
+                    orow[c] = (xrow[c] - mi) - li
+            else:
+                for c in range(k):
+                    orow[c] = _exp((xrow[c] - mi) - li)
+
+
+def _compiled(py_func, name, parallel):
+    """``py_func`` jitted under its own name per variant (see _tiled on the cache)."""
+    kernel = FunctionType(py_func.__code__, globals(), name)
+    kernel.__qualname__ = name
+    options = dict(fastmath={"contract"}, nogil=True, error_model="numpy", parallel=parallel)
+    try:
+        return njit(cache=True, **options)(kernel)
+    except RuntimeError:
+        return njit(**options)(kernel)
+
+
+_FROM_LSE_PARTS = (_compiled(_from_lse_parts_rows, "_from_lse_parts_serial", False),
+                   _compiled(_from_lse_parts_rows, "_from_lse_parts_parallel", True))
 
 _layer_lock = None  # a Lock when only the (thread-unsafe) workqueue layer is usable
 _init_lock = threading.Lock()
@@ -692,6 +741,17 @@ def logsumexp(x, out, nthreads=1):
     n, k = x.shape
     # out doubles as the (unused, store=False) exponential target: same writable type
     _call(_LOGSUMEXP, 0, n, k, nthreads, x.reshape(-1), out, n, k, False, out)
+
+
+def lse_parts(x, m, L, nthreads=1):
+    n, k = x.shape
+    _call(_LSE_PARTS, 0, n, k, nthreads, x.reshape(-1), _NO_GRAD[x.dtype], n, k, False, (m, L))
+
+
+def from_lse_parts(x, m, L, out, log, nthreads=1):
+    n, k = x.shape
+    _call(_FROM_LSE_PARTS, 0, n, k, nthreads, x.reshape(-1), m, L, out.reshape(-1), n, k,
+          bool(log))
 
 
 _NO_GRAD = {np.dtype(np.float32): np.empty(1, np.float32),

@@ -149,20 +149,49 @@ def log_softmax(x, out, nthreads=1):
             np.subtract(ob, logs.astype(ob.dtype), out=ob)
 
 
-def logsumexp(x, out, nthreads=1):
+def _lse_parts_blocks(x):
+    """(rows, m, L) per block: m the row max (NaN if the row holds one), L = log of the
+    row's sum of exp(x - m); a row whose max is +-inf is shifted by 0 instead, so its L is
+    the row's logsumexp itself: all -inf gives log(0) = -inf and +inf gives +inf (NaN still
+    wins), as scipy does."""
     n, k = x.shape
     scratch = np.empty((min(n, max(1, _BLOCK_ELEMS // k)), k), x.dtype)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for rows in _blocks(n, k):
             xb = x[rows]
             m = _row_max(xb)
-            # A row whose max is +-inf is shifted by 0 instead: all -inf then gives
-            # log(0) = -inf and +inf gives +inf (NaN still wins), as scipy does.
-            m[~np.isfinite(m)] = 0
+            shift = np.where(np.isfinite(m), m, 0)
             z = scratch[: xb.shape[0]]
-            np.subtract(xb, m, out=z)
+            np.subtract(xb, shift, out=z)
             np.exp(z, out=z)
-            out[rows] = (m + _log_sum(z, _row_sum(z)))[:, 0]
+            yield rows, m[:, 0], _log_sum(z, _row_sum(z))[:, 0]
+
+
+def logsumexp(x, out, nthreads=1):
+    with np.errstate(invalid="ignore"):
+        for rows, m, L in _lse_parts_blocks(x):
+            out[rows] = np.where(np.isfinite(m), m + L, L)
+
+
+def lse_parts(x, m_out, l_out, nthreads=1):
+    for rows, m, L in _lse_parts_blocks(x):
+        m_out[rows], l_out[rows] = m, L
+
+
+def from_lse_parts(x, m, L, out, log, nthreads=1):
+    n, k = x.shape
+    with np.errstate(invalid="ignore", over="ignore"):
+        for rows in _blocks(n, k):
+            mb = m[rows, None].astype(x.dtype)
+            lb = L[rows, None].astype(x.dtype)
+            ob = out[rows]
+            np.subtract(x[rows], mb, out=ob)
+            np.subtract(ob, lb, out=ob)
+            if not log:
+                np.exp(ob, out=ob)
+            bad = ~np.isfinite(mb[:, 0]) | np.isnan(lb[:, 0])
+            if bad.any():
+                ob[bad] = np.nan
 
 
 def _cross_entropy(x, terms_of_block, scale, loss, grad):

@@ -123,7 +123,7 @@ FSM_INLINE double fsm_exp(double x)
 }
 
 /* What rowops_impl.h's lanes_rows and cols write (a constant at each use). */
-enum { FSM_WRITE_EXP, FSM_WRITE_SOFTMAX, FSM_WRITE_LOG_SOFTMAX, FSM_WRITE_LSE };
+enum { FSM_WRITE_EXP, FSM_WRITE_SOFTMAX, FSM_WRITE_LOG_SOFTMAX, FSM_WRITE_LSE, FSM_WRITE_NONE };
 
 #define T float
 #define SFX f32

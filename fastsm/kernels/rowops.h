@@ -20,6 +20,10 @@
     void fsm_ce_soft_##SFX(const T *x, const T *target, const double *weight, double eps,     \
                            double scale, double *loss, T *grad, ptrdiff_t r0, ptrdiff_t r1,   \
                            ptrdiff_t K);                                                    \
+    void fsm_lse_parts_##SFX(const T *x, double *m, double *L, ptrdiff_t r0, ptrdiff_t r1,   \
+                             ptrdiff_t K);                                                  \
+    void fsm_from_lse_parts_##SFX(const T *x, const double *m, const double *L, T *out,      \
+                                  int log_out, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K);     \
     /* columns [j0, j1) of a C-contiguous (R, b) slab, reduced over its R rows */            \
     void fsm_softmax_cols_##SFX(const T *x, T *out, ptrdiff_t R, ptrdiff_t b, ptrdiff_t j0,  \
                                 ptrdiff_t j1);                                               \

@@ -151,7 +151,7 @@ FSM_INLINE void N(lanes_rows)(const T *x, ptrdiff_t K, T *m, T *o, double *s, do
 {
     T v[FSM_SHORT_K][FSM_LANES], mm[FSM_LANES];
     double hi[FSM_LANES], lo[FSM_LANES];
-    const int keep_x = what == FSM_WRITE_LOG_SOFTMAX || what == FSM_WRITE_LSE;
+    const int keep_x = what != FSM_WRITE_EXP && what != FSM_WRITE_SOFTMAX;
     for (ptrdiff_t c = 0; c < K; c++)
 #pragma omp simd
         for (ptrdiff_t l = 0; l < FSM_LANES; l++)
@@ -212,7 +212,7 @@ FSM_INLINE void N(lanes_rows)(const T *x, ptrdiff_t K, T *m, T *o, double *s, do
 #pragma omp simd
             for (ptrdiff_t l = 0; l < FSM_LANES; l++)
                 o[l * K + c] = v[c][l] * inv[l];
-    } else {
+    } else if (what != FSM_WRITE_NONE) {
         /* one scalar log per row (glibc's; no vector log of our own yet), the rest vector */
         T logs[FSM_LANES];
         for (ptrdiff_t l = 0; l < FSM_LANES; l++) {
@@ -408,6 +408,63 @@ FSM_CLONES void N(fsm_logsumexp)(const T *x, T *out, ptrdiff_t r0, ptrdiff_t r1,
     T *none = NULL;
     FSM_LANE_GROUPS(FSM_WRITE_LSE, out + r0, 1)
     FSM_FOR_ROWS(none, N(fin_logsumexp), &cx, 1)
+}
+
+/* The parts of log-sum-exp, kept apart for combining across chunks of a row (fastsm.dask):
+ * m_r = max, L_r = log(sum exp(x - m_r)) (log_sum, so a tiny L keeps its digits); a row
+ * with a non-finite max has L = its logsumexp (lse_nonfinite). */
+typedef struct {
+    double *m, *L;
+    ptrdiff_t K;
+} N(parts_ctx);
+
+FSM_INLINE void N(fin_lse_parts)(const N(parts_ctx) *cx, ptrdiff_t i, const T *xr, T *er, T m,
+                                    double s, double t)
+{
+    cx->m[i] = m;
+    cx->L[i] = isfinite(m) ? N(log_sum)(xr, er, cx->K, m, s, t) : N(lse_nonfinite)(xr, cx->K, m);
+}
+
+FSM_CLONES void N(fsm_lse_parts)(const T *x, double *m, double *L, ptrdiff_t r0, ptrdiff_t r1,
+                                 ptrdiff_t K)
+{
+    N(parts_ctx) cx = {m, L, K};
+    T *none = NULL;
+    if (K * (ptrdiff_t)sizeof(T) < FSM_LANE_ROW_BYTES) {
+        T mg[FSM_LANES];
+        double sg[FSM_LANES], tg[FSM_LANES];
+        for (; r0 + FSM_LANES <= r1; r0 += FSM_LANES) {
+            N(lanes_rows)(x + r0 * K, K, mg, NULL, sg, tg, 1, FSM_WRITE_NONE);
+            for (ptrdiff_t l = 0; l < FSM_LANES; l++)
+                N(fin_lse_parts)(&cx, r0 + l, x + (r0 + l) * K, NULL, mg[l], sg[l], tg[l]);
+        }
+    }
+    FSM_FOR_ROWS(none, N(fin_lse_parts), &cx, 1)
+}
+
+/* out = (x - m_r) - L_r, or its exp (log_out == 0), given the parts of each row's lse (in
+ * T, as the in-memory kernels: m is one of the row's values); a row whose max is not
+ * finite or whose L is NaN is NaN, as softmax/log_softmax give it. */
+FSM_CLONES void N(fsm_from_lse_parts)(const T *x, const double *m, const double *L, T *out,
+                                      int log_out, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K)
+{
+    for (ptrdiff_t i = r0; i < r1; i++) {
+        const T *xr = x + i * K;
+        T *o = out + i * K;
+        T mi = (T)m[i], li = (T)L[i];
+        if (!isfinite(mi) || li != li) {
+            for (ptrdiff_t c = 0; c < K; c++)
+                o[c] = (T)NAN;
+        } else if (log_out) {
+#pragma omp simd
+            for (ptrdiff_t c = 0; c < K; c++)
+                o[c] = (xr[c] - mi) - li;
+        } else {
+#pragma omp simd
+            for (ptrdiff_t c = 0; c < K; c++)
+                o[c] = EXP((xr[c] - mi) - li);
+        }
+    }
 }
 
 typedef struct {
