@@ -10,6 +10,7 @@ Backends: ``numpy`` (portable baseline), ``numba`` (parallel JIT), ``cython`` (O
 
 from ._api import (
     Backend,
+    CrossEntropyOutput,
     backends,
     cross_entropy,
     cross_entropy_with_grad,
@@ -19,6 +20,7 @@ from ._api import (
     softmax,
 )
 from ._config import show_config
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from ._threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
@@ -34,11 +36,14 @@ def __getattr__(name):
 
 __all__ = [
     "Backend",
+    "CrossEntropyOutput",
     "backends",
     "cross_entropy",
     "cross_entropy_with_grad",
     "get_backend",
     "get_num_threads",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "logsumexp",
     "set_num_threads",

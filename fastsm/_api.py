@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -510,8 +511,101 @@ def _class_weights(weight, k):
     return w
 
 
+class CrossEntropyOutput(NamedTuple):
+    """What ``cross_entropy``/``cross_entropy_with_grad`` return with ``return_lse`` or
+    ``return_accuracy``: the loss as without them, the gradient (None from
+    ``cross_entropy``), each sample's log-sum-exp of the (soft-capped) logits (None unless
+    asked) and whether each sample's argmax is its target (bool, first maximum as in
+    ``argmax``; False for ignored samples and rows holding NaN; None unless asked)."""
+
+    loss: Any
+    grad: Any
+    lse: Any
+    correct: Any
+
+
+def _check_lm_options(z_loss, softcap):
+    """(z_loss as float, softcap as float or None), or a ValueError naming the bad value."""
+    z = float(z_loss)
+    if not (math.isfinite(z) and z >= 0.0):
+        raise ValueError(f"z_loss={z_loss!r}; expected a finite value >= 0")
+    if softcap is None:
+        return z, None
+    cap = float(softcap)
+    if not (math.isfinite(cap) and cap > 0.0):
+        raise ValueError(f"softcap={softcap!r}; expected None or a finite value > 0")
+    return z, cap
+
+
+def _index_targets(target, k, ignore_index, weight_given, w):
+    """(int64 targets (n,), ignored mask or None, weight denominator, kept count) for
+    class-index targets, or a ValueError naming the first out-of-range one."""
+    t = target.reshape(-1)
+    n = t.size
+    t2 = np.ascontiguousarray(t, dtype=np.int64)  # uint64 >= 2**63 wraps negative: checked below
+    if (n == 0 or (t2.min() >= 0 and t2.max() < k)) and not 0 <= ignore_index < k:
+        ignored = None  # the common case in two reductions: all are classes, none ignored
+    else:
+        ignored = t == ignore_index
+        bad = ~(((t >= 0) & (t < k)) | ignored)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            where = np.unravel_index(pos, target.shape) if target.ndim > 1 else pos
+            raise ValueError(
+                f"target value {t[pos]} at index {where} is out of range: expected a class "
+                f"index in [0, {k}) or ignore_index={ignore_index}"
+            )
+    kept = float(n if ignored is None else n - np.count_nonzero(ignored))
+    if not weight_given:
+        return t2, ignored, kept, kept
+    return t2, ignored, float(w[t2 if ignored is None else t2[~ignored]].sum()), kept
+
+
+_CAP_BLOCK = 1 << 18  # elements per soft-capped block: the capped copy never exceeds it
+
+
+def _ce_kernel(mod, op, kind, x2, t2, w, ignore_index, eps, scale, loss_rows, grad, z_coef,
+               lse, correct, softcap):
+    """The backend's cross-entropy kernel on (n, k) rows.  With ``softcap`` the rows go in
+    blocks of _CAP_BLOCK elements: each block's capped logits c tanh(x / c) are made in a
+    block-sized buffer, the kernel runs on them, and the block's gradient takes the chain
+    rule's factor 1 - tanh^2 (the capped copy of the whole array is never made)."""
+    n, k = x2.shape
+    compute = x2.dtype
+
+    def call(rows, xs):
+        r = slice(rows.start, rows.stop)
+        g = grad[r] if grad is not None else None
+        lr = lse[r] if lse is not None else None
+        if kind == "index":
+            cr = correct[r] if correct is not None else None
+            _parallel.run(mod, op, compute, xs.shape[0], k, mod.ce_index, xs, t2[r], w,
+                          ignore_index, eps, scale, loss_rows[r], g, z_coef, lr, cr)
+        else:
+            _parallel.run(mod, op, compute, xs.shape[0], k, mod.ce_soft, xs, t2[r], w, eps,
+                          scale, loss_rows[r], g, z_coef, lr)
+
+    if softcap is None:
+        call(slice(0, n), x2)
+        return
+    step = max(1, _CAP_BLOCK // k)
+    buf = np.empty((min(n, step), k), compute)
+    for r0 in range(0, n, step):
+        rows = slice(r0, min(n, r0 + step))
+        th = buf[: rows.stop - r0]
+        np.divide(x2[rows], compute.type(softcap), out=th)
+        np.tanh(th, out=th)
+        capped = th * compute.type(softcap)  # th is kept for the gradient's factor
+        call(rows, capped)
+        if grad is not None:
+            np.multiply(th, th, out=th)
+            np.subtract(1, th, out=th)
+            grad[rows] *= th
+
+
 def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
-                   backend, want_grad):
+                   backend, want_grad, z_loss=0.0, softcap=None, return_lse=False,
+                   return_accuracy=False):
     x = np.asarray(logits)
     compute, result = _dtypes(x.dtype, "logits")
     if x.ndim == 0:
@@ -524,10 +618,14 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
     ignore_index = _integer("ignore_index", ignore_index)
     if not -2**63 <= ignore_index < 2**63:
         raise ValueError(f"ignore_index={ignore_index}; expected an int64 value")
+    z, cap = _check_lm_options(z_loss, softcap)
     k = x.shape[-1]
     n = x.size // k if k else int(np.prod(x.shape[:-1]))
     target = np.asarray(target)
     kind = _target_kind(target, x.shape, k)
+    if return_accuracy and kind != "index":
+        raise ValueError("return_accuracy=True needs class-index targets (argmax == target); "
+                         "got probabilities")
 
     w = _class_weights(weight, k)
 
@@ -535,59 +633,62 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
     # every kernel writes every row (ignored: 0); without classes no kernel runs: an empty sum
     loss_rows = np.empty(n, np.float64) if k else np.zeros(n, np.float64)
     grad = np.empty((n, k), compute) if want_grad else None
+    need_lse = bool(return_lse or z)
+    lse = (np.empty(n) if k else np.full(n, -np.inf)) if need_lse else None
+    correct = (np.empty(n, np.uint8) if k else np.zeros(n, np.uint8)) if return_accuracy else None
 
     if kind == "index":
-        t = target.reshape(n)
-        t2 = np.ascontiguousarray(t, dtype=np.int64)  # uint64 >= 2**63 wraps negative: checked below
-        if (n == 0 or (t2.min() >= 0 and t2.max() < k)) and not 0 <= ignore_index < k:
-            ignored = None  # the common case in two reductions: all are classes, none ignored
-        else:
-            ignored = t == ignore_index
-            bad = ~(((t >= 0) & (t < k)) | ignored)
-            if bad.any():
-                pos = int(np.flatnonzero(bad)[0])
-                where = np.unravel_index(pos, target.shape) if target.ndim > 1 else pos
-                raise ValueError(
-                    f"target value {t[pos]} at index {where} is out of range: expected a class "
-                    f"index in [0, {k}) or ignore_index={ignore_index}"
-                )
-        if weight is None:
-            denominator = float(n if ignored is None else n - np.count_nonzero(ignored))
-        else:
-            denominator = float(w[t2 if ignored is None else t2[~ignored]].sum())
+        t2, ignored, denominator, kept = _index_targets(target, k, ignore_index,
+                                                        weight is not None, w)
     else:
         t2 = np.ascontiguousarray(target, dtype=compute).reshape(n, k)
-        denominator = float(n)
+        ignored, denominator, kept = None, float(n), float(n)
 
-    if reduction == "mean":
+    mean = reduction == "mean"
+    if mean:
         scale = 1.0 / denominator if denominator != 0 else np.inf
     else:
         scale = 1.0
+    # the z-loss term z lse^2 per kept sample, unweighted by class weights; its mean divides
+    # by the kept count (Liger-Kernel's lse_square_scale): d/dx = 2 z lse p / count
+    z_coef = 2.0 * z * ((1.0 / kept if kept else np.inf) if mean else 1.0) if z else 0.0
     if n and k:
         op = "cross_entropy_with_grad" if want_grad else "cross_entropy"
         mod = _kernels(backend, op, compute, n, k)
-        if kind == "index":
-            _parallel.run(mod, op, compute, n, k, mod.ce_index, x2, t2, w, ignore_index, eps,
-                          scale, loss_rows, grad)
-        else:
-            _parallel.run(mod, op, compute, n, k, mod.ce_soft, x2, t2, w, eps, scale, loss_rows,
-                          grad)
+        _ce_kernel(mod, op, kind, x2, t2, w, ignore_index, eps, scale, loss_rows, grad,
+                   z_coef, lse, correct, cap)
 
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        z_rows = None
+        if z:
+            z_rows = z * lse * lse
+            if ignored is not None:
+                z_rows[ignored] = 0.0
         if reduction == "none":
-            loss = loss_rows.reshape(x.shape[:-1]).astype(result)
+            rows = loss_rows if z_rows is None else loss_rows + z_rows
+            loss = rows.reshape(x.shape[:-1]).astype(result)
         elif reduction == "sum":
-            loss = result.type(loss_rows.sum())
+            total = loss_rows.sum() + (z_rows.sum() if z_rows is not None else 0.0)
+            loss = result.type(total)
         else:
-            loss = result.type(loss_rows.sum() / denominator if denominator else np.nan)
+            value = loss_rows.sum() / denominator if denominator else np.nan
+            if z_rows is not None:
+                value = value + (z_rows.sum() / kept if kept else np.nan)
+            loss = result.type(value)
     if want_grad:
         grad = _to_result(grad.reshape(x.shape), result)
-        return loss, grad
-    return loss
+    if not (return_lse or return_accuracy):
+        return (loss, grad) if want_grad else loss
+    batch = x.shape[:-1]
+    return CrossEntropyOutput(
+        loss, grad,
+        _scalar_if_0d(lse.reshape(batch).astype(result)) if return_lse else None,
+        _scalar_if_0d(correct.reshape(batch).astype(bool)) if return_accuracy else None)
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                  reduction="mean", backend=None):
+                  reduction="mean", z_loss=0.0, softcap=None, return_lse=False,
+                  return_accuracy=False, backend=None):
     r"""Cross-entropy of ``logits`` (..., K) (classes on the last axis) against ``target``.
 
     ``target`` is either integer class indices of shape (...) or probabilities of shape
@@ -605,21 +706,38 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoot
     (probabilities) — exactly as ``torch.nn.functional.cross_entropy``.  An empty or
     all-ignored batch has mean NaN.  A term with ``q_c == 0`` contributes 0 even where
     ``logp_c = -inf`` (``0 * log 0 = 0``).
+
+    Language-model options (Liger-Kernel's conventions):
+
+    - ``softcap=c``: the logits are replaced by ``c * tanh(logits / c)`` first (Gemma 2's
+      final-logit soft-capping), gradient included; the capped copy is made one block of
+      rows at a time, never for the whole array.
+    - ``z_loss=z``: adds ``z * lse**2`` per sample (PaLM's auxiliary loss), ``lse`` the
+      log-sum-exp of the (capped) logits.  Ignored samples add 0; class weights do not
+      scale it; "mean" divides its sum by the number of kept samples (so with class
+      weights the two terms have different denominators, as in Liger).
+    - ``return_lse`` / ``return_accuracy``: return a :class:`CrossEntropyOutput`
+      ``(loss, grad, lse, correct)`` with each sample's log-sum-exp and whether its argmax
+      is its target (class-index targets only), from the same pass.  Without them the
+      return value is the loss alone.
     """
     return _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
-                          backend, want_grad=False)
+                          backend, False, z_loss, softcap, return_lse, return_accuracy)
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100,
-                            label_smoothing=0.0, reduction="mean", backend=None):
+                            label_smoothing=0.0, reduction="mean", z_loss=0.0, softcap=None,
+                            return_lse=False, return_accuracy=False, backend=None):
     r"""``(loss, d loss / d logits)`` in one fused pass; see :func:`cross_entropy`.
 
     ``grad[..., c] = s * (softmax(logits)[..., c] * Q - q_c)`` with ``Q = sum_c q_c`` and
     ``s`` = 1/denominator for "mean", 1 otherwise (for "none" it is the gradient of the sum
     of per-sample losses).  Same shape and dtype as ``logits``; ignored samples get 0.
+    With ``z_loss`` the gradient adds ``2 z lse softmax_c`` per kept sample (over the kept
+    count for "mean"); with ``softcap`` it is taken through the cap (times ``1 - tanh^2``).
     """
     return _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
-                          backend, want_grad=True)
+                          backend, True, z_loss, softcap, return_lse, return_accuracy)
 
 
 # ----------------------------------------------------------------------------- backends

@@ -2,7 +2,9 @@
 
 The front (``fastsm._api``) has already validated everything: ``x`` is a 2-D C-contiguous
 float32 or float64 array of shape ``(n, K)`` with ``n >= 1`` and ``K >= 1``; every output is
-C-contiguous, of the right shape and dtype, and may alias ``x`` exactly (never partially).
+C-contiguous, of the right shape and dtype; softmax's and log_softmax's ``out`` may alias
+``x`` exactly (never partially), the cross-entropy gradient never (its rows are written
+before the row's logits are read again).
 Kernels never allocate outputs and never check indices a second time.
 
 Each module also names itself (``NAME``) and says from how many elements its own threads

@@ -23,7 +23,7 @@ Design
 """
 
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t
 
 cdef extern from "rowops.h" nogil:
     void fsm_softmax_f32(const float *x, float *out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
@@ -34,16 +34,18 @@ cdef extern from "rowops.h" nogil:
     void fsm_logsumexp_f64(const double *x, double *out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
     void fsm_ce_index_f32(const float *x, const int64_t *target, const double *weight,
                           int64_t ignore_index, double eps, double scale, double *loss,
-                          float *grad, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+                          float *grad, double z_coef, double *lse, uint8_t *correct,
+                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
     void fsm_ce_index_f64(const double *x, const int64_t *target, const double *weight,
                           int64_t ignore_index, double eps, double scale, double *loss,
-                          double *grad, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+                          double *grad, double z_coef, double *lse, uint8_t *correct,
+                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
     void fsm_ce_soft_f32(const float *x, const float *target, const double *weight, double eps,
-                         double scale, double *loss, float *grad, Py_ssize_t r0, Py_ssize_t r1,
-                         Py_ssize_t K)
+                         double scale, double *loss, float *grad, double z_coef, double *lse,
+                         Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
     void fsm_ce_soft_f64(const double *x, const double *target, const double *weight, double eps,
-                         double scale, double *loss, double *grad, Py_ssize_t r0, Py_ssize_t r1,
-                         Py_ssize_t K)
+                         double scale, double *loss, double *grad, double z_coef, double *lse,
+                         Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
     void fsm_softmax_cols_f32(const float *x, float *out, Py_ssize_t R, Py_ssize_t b,
                               Py_ssize_t j0, Py_ssize_t j1)
     void fsm_softmax_cols_f64(const double *x, double *out, Py_ssize_t R, Py_ssize_t b,
@@ -255,68 +257,80 @@ def logsumexp_cols(const real[:, :, ::1] x, real[:, ::1] out, int nthreads=1):
                   x.shape[2], nthreads)
 
 
-cdef inline void _ce_index_rows(const real *x, const int64_t *t, const double *w, int64_t ign,
-                                double eps, double scale, double *loss, real *grad,
-                                Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t k) noexcept nogil:
-    if real is float:
-        fsm_ce_index_f32(x, t, w, ign, eps, scale, loss, grad, r0, r1, k)
-    else:
-        fsm_ce_index_f64(x, t, w, ign, eps, scale, loss, grad, r0, r1, k)
+cdef struct _CeArgs:
+    const int64_t *index   # class-index targets, or NULL
+    const void *soft       # probability targets (real, (n, K)), or NULL
+    const double *w
+    int64_t ign
+    double eps, scale, z_coef
+    double *loss
+    void *grad             # real (n, K) or NULL
+    double *lse            # (n,) or NULL
+    uint8_t *correct       # (n,) or NULL (index targets only)
 
 
-cdef inline void _ce_soft_rows(const real *x, const real *t, const double *w, double eps,
-                               double scale, double *loss, real *grad, Py_ssize_t r0,
-                               Py_ssize_t r1, Py_ssize_t k) noexcept nogil:
+cdef inline void _ce_rows(const real *x, const _CeArgs *a, Py_ssize_t r0, Py_ssize_t r1,
+                          Py_ssize_t k) noexcept nogil:
     if real is float:
-        fsm_ce_soft_f32(x, t, w, eps, scale, loss, grad, r0, r1, k)
+        if a.index != NULL:
+            fsm_ce_index_f32(x, a.index, a.w, a.ign, a.eps, a.scale, a.loss, <float *>a.grad,
+                             a.z_coef, a.lse, a.correct, r0, r1, k)
+        else:
+            fsm_ce_soft_f32(x, <const float *>a.soft, a.w, a.eps, a.scale, a.loss,
+                            <float *>a.grad, a.z_coef, a.lse, r0, r1, k)
     else:
-        fsm_ce_soft_f64(x, t, w, eps, scale, loss, grad, r0, r1, k)
+        if a.index != NULL:
+            fsm_ce_index_f64(x, a.index, a.w, a.ign, a.eps, a.scale, a.loss, <double *>a.grad,
+                             a.z_coef, a.lse, a.correct, r0, r1, k)
+        else:
+            fsm_ce_soft_f64(x, <const double *>a.soft, a.w, a.eps, a.scale, a.loss,
+                            <double *>a.grad, a.z_coef, a.lse, r0, r1, k)
+
+
+cdef void _run_ce(const real *x, const _CeArgs *a, Py_ssize_t n, Py_ssize_t k,
+                  int nthreads) noexcept nogil:
+    cdef int nt = _threads_for(n, k, nthreads)
+    cdef Py_ssize_t c, per, r0, r1
+    if nt == 1:
+        _ce_rows(x, a, 0, n, k)
+        return
+    per = _chunk_rows(n, k, nt)
+    for c in prange((n + per - 1) // per, num_threads=nt, schedule="dynamic"):
+        r0 = c * per
+        r1 = r0 + per
+        if r1 > n:
+            r1 = n
+        if r0 < r1:
+            _ce_rows(x, a, r0, r1, k)
 
 
 def ce_index(const real[:, ::1] x, const int64_t[::1] target, const double[::1] weight,
              int64_t ignore_index, double smoothing, double scale, double[::1] loss,
-             real[:, ::1] grad, int nthreads=1):
+             real[:, ::1] grad, double z_coef, double[::1] lse, uint8_t[::1] correct,
+             int nthreads=1):
     """Per-row cross-entropy against class indices; see fastsm/kernels/__init__.py."""
-    cdef Py_ssize_t n = x.shape[0], k = x.shape[1], c, per, r0, r1
-    cdef real *g = NULL if grad is None else &grad[0, 0]
-    cdef int nt = _threads_for(n, k, nthreads)
+    cdef _CeArgs a
+    a.index, a.soft, a.w, a.ign = &target[0], NULL, &weight[0], ignore_index
+    a.eps, a.scale, a.z_coef, a.loss = smoothing, scale, z_coef, &loss[0]
+    a.grad = NULL if grad is None else <void *>&grad[0, 0]
+    a.lse = NULL if lse is None else &lse[0]
+    a.correct = NULL if correct is None else &correct[0]
     with nogil:
-        if nt == 1:
-            _ce_index_rows(&x[0, 0], &target[0], &weight[0], ignore_index, smoothing, scale,
-                           &loss[0], g, 0, n, k)
-        else:
-            per = _chunk_rows(n, k, nt)
-            for c in prange((n + per - 1) // per, num_threads=nt, schedule="dynamic"):
-                r0 = c * per
-                r1 = r0 + per
-                if r1 > n:
-                    r1 = n
-                if r0 < r1:
-                    _ce_index_rows(&x[0, 0], &target[0], &weight[0], ignore_index, smoothing,
-                                   scale, &loss[0], g, r0, r1, k)
+        _run_ce(&x[0, 0], &a, x.shape[0], x.shape[1], nthreads)
 
 
 def ce_soft(const real[:, ::1] x, const real[:, ::1] target, const double[::1] weight,
             double smoothing, double scale, double[::1] loss, real[:, ::1] grad,
-            int nthreads=1):
+            double z_coef, double[::1] lse, int nthreads=1):
     """Per-row cross-entropy against probabilities; see fastsm/kernels/__init__.py."""
-    cdef Py_ssize_t n = x.shape[0], k = x.shape[1], c, per, r0, r1
-    cdef real *g = NULL if grad is None else &grad[0, 0]
-    cdef int nt = _threads_for(n, k, nthreads)
+    cdef _CeArgs a
+    a.index, a.soft, a.w, a.ign = NULL, <const void *>&target[0, 0], &weight[0], 0
+    a.eps, a.scale, a.z_coef, a.loss = smoothing, scale, z_coef, &loss[0]
+    a.grad = NULL if grad is None else <void *>&grad[0, 0]
+    a.lse = NULL if lse is None else &lse[0]
+    a.correct = NULL
     with nogil:
-        if nt == 1:
-            _ce_soft_rows(&x[0, 0], &target[0, 0], &weight[0], smoothing, scale, &loss[0], g,
-                          0, n, k)
-        else:
-            per = _chunk_rows(n, k, nt)
-            for c in prange((n + per - 1) // per, num_threads=nt, schedule="dynamic"):
-                r0 = c * per
-                r1 = r0 + per
-                if r1 > n:
-                    r1 = n
-                if r0 < r1:
-                    _ce_soft_rows(&x[0, 0], &target[0, 0], &weight[0], smoothing, scale,
-                                  &loss[0], g, r0, r1, k)
+        _run_ce(&x[0, 0], &a, x.shape[0], x.shape[1], nthreads)
 
 
 def info():

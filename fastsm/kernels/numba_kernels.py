@@ -499,10 +499,33 @@ def _finish_lse_parts(xf, ef, k, t0, t1, ms, ss, ts, aux):
 
 @njit(inline="always", error_model="numpy")
 def _finish_ce(xf, gf, k, t0, t1, ms, ss, ts, aux):
-    tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, has_grad = aux
+    (tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, has_grad, z_coef, lse_out,
+     has_lse, correct, has_correct) = aux
     for i in range(t0, t1):
-        _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss,
-                gf, has_grad, k, i, ms[i - t0], ss[i - t0], ts[i - t0])
+        _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, gf, has_grad,
+                z_coef, lse_out, has_lse, correct, has_correct, k, i, ms[i - t0], ss[i - t0],
+                ts[i - t0])
+
+
+@njit(inline="always", error_model="numpy")
+def _row_lse(xf, k, i, m, logs):
+    return m + logs if np.isfinite(m) else np.float64(_lse_nonfinite(xf, k, i, m))
+
+
+@njit(error_model="numpy")
+def _first_max_is(xrow, m, s, y):
+    """argmax(row) == y under argmax's first-occurrence rule, and no NaN in the row (s is
+    NaN only for a NaN or an infinite max: those rows scan for NaN)."""
+    if not xrow[y] == m:
+        return 0
+    for c in range(y):
+        if xrow[c] == m:
+            return 0
+    if np.isnan(s):
+        for c in range(xrow.size):
+            if np.isnan(xrow[c]):
+                return 0
+    return 1
 
 
 @njit(fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -534,13 +557,16 @@ def _weighted_shift_sum(xrow, w, m, c0, c1):
 
 @njit(inline="always", error_model="numpy")
 def _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, gf, has_grad,
-            k, i, m, s, t):
-    """Loss (and gradient row, from the exponentials already in it) of row i."""
+            z_coef, lse_out, has_lse, correct, has_correct, k, i, m, s, t):
+    """Loss (and gradient row, from the exponentials already in it) of row i; z_coef, the
+    lse and correct outputs (written where has_lse / has_correct): see the kernel contract."""
     lo = i * k
     xrow = xf[lo:lo + k]
     grow = gf[lo:lo + k] if has_grad else gf[0:0]
     if soft:
         logs = _log_sum(s, t)
+        if has_lse:
+            lse_out[i] = _row_lse(xf, k, i, m, logs)
         trow = tgt[lo:lo + k]
         qz = 0.0
         big_q = 0.0
@@ -550,12 +576,17 @@ def _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, gf,
             big_q += q_part
         loss[i] = big_q * logs - qz
         if has_grad:
-            a = _like(xf, scale * big_q / s)
+            zl = z_coef * (m + logs) if z_coef != 0.0 else 0.0
+            a = _like(xf, (scale * big_q + zl) / s)
             for c in range(k):
                 q = w[c] * (keep * trow[c] + eps_k)
                 grow[c] = grow[c] * a - _like(xf, scale * q)
     else:
         y = np.int64(tgt[i])  # a no-op for index targets; types the soft case
+        if has_correct:
+            correct[i] = 0 if y == ignore_index else _first_max_is(xrow, m, s, y)
+        if has_lse:
+            lse_out[i] = _row_lse(xf, k, i, m, _log_sum(s, t))
         if y == ignore_index:
             loss[i] = 0.0
             if has_grad:
@@ -576,7 +607,8 @@ def _ce_row(xf, tgt, soft, w, ignore_index, eps_k, keep, w_sum, scale, loss, gf,
             lval += eps_k * (w_sum * logs - wz)
         loss[i] = lval
         if has_grad:
-            a = _like(xf, scale * (keep * wy + eps_k * w_sum) / s)
+            zl = z_coef * (m + logs) if z_coef != 0.0 else 0.0
+            a = _like(xf, (scale * (keep * wy + eps_k * w_sum) + zl) / s)
             bq = scale * eps_k
             for c in range(k):
                 grow[c] = grow[c] * a - _like(xf, bq * w[c])
@@ -758,22 +790,35 @@ _NO_GRAD = {np.dtype(np.float32): np.empty(1, np.float32),
             np.dtype(np.float64): np.empty(1, np.float64)}
 
 
-def _ce(x, target, soft, weight, ignore_index, smoothing, scale, loss, grad, nthreads):
+_NO_ROWS = np.empty(1, np.float64)
+_NO_FLAGS = np.empty(1, np.uint8)
+
+
+def _ce(x, target, soft, weight, ignore_index, smoothing, scale, loss, grad, z_coef, lse,
+        correct, nthreads):
     n, k = x.shape
     has_grad = grad is not None
     gf = grad.reshape(-1) if has_grad else _NO_GRAD[x.dtype]
     eps = float(smoothing)
+    # one compiled variant per output set (the flags are runtime values: no recompiles)
+    # flat: with (z_coef, lse, ...) as a tuple inside aux, the kernel's writes to lse were
+    # lost (numba 0.68; correct, in the same inner tuple, was written)
     aux = (target, soft, weight, np.int64(ignore_index), eps / k, 1.0 - eps,
-           float(np.sum(weight)), float(scale), loss, has_grad)
+           float(np.sum(weight)), float(scale), loss, has_grad, float(z_coef),
+           _NO_ROWS if lse is None else lse, lse is not None,
+           _NO_FLAGS if correct is None else correct, correct is not None)
     _call(_CE, (soft, has_grad), n, k, nthreads, x.reshape(-1), gf, n, k, has_grad, aux)
 
 
-def ce_index(x, target, weight, ignore_index, smoothing, scale, loss, grad, nthreads=1):
-    _ce(x, target, False, weight, ignore_index, smoothing, scale, loss, grad, nthreads)
+def ce_index(x, target, weight, ignore_index, smoothing, scale, loss, grad, z_coef, lse,
+             correct, nthreads=1):
+    _ce(x, target, False, weight, ignore_index, smoothing, scale, loss, grad, z_coef, lse,
+        correct, nthreads)
 
 
-def ce_soft(x, target, weight, smoothing, scale, loss, grad, nthreads=1):
-    _ce(x, target.reshape(-1), True, weight, 0, smoothing, scale, loss, grad, nthreads)
+def ce_soft(x, target, weight, smoothing, scale, loss, grad, z_coef, lse, nthreads=1):
+    _ce(x, target.reshape(-1), True, weight, 0, smoothing, scale, loss, grad, z_coef, lse,
+        None, nthreads)
 
 
 def info() -> dict:

@@ -16,10 +16,11 @@
     void fsm_logsumexp_##SFX(const T *x, T *out, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K);   \
     void fsm_ce_index_##SFX(const T *x, const int64_t *target, const double *weight,          \
                             int64_t ignore_index, double eps, double scale, double *loss,     \
-                            T *grad, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K);                \
+                            T *grad, double z_coef, double *lse, uint8_t *correct,            \
+                            ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K);                         \
     void fsm_ce_soft_##SFX(const T *x, const T *target, const double *weight, double eps,     \
-                           double scale, double *loss, T *grad, ptrdiff_t r0, ptrdiff_t r1,   \
-                           ptrdiff_t K);                                                    \
+                           double scale, double *loss, T *grad, double z_coef, double *lse,   \
+                           ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K);                         \
     void fsm_lse_parts_##SFX(const T *x, double *m, double *L, ptrdiff_t r0, ptrdiff_t r1,   \
                              ptrdiff_t K);                                                  \
     void fsm_from_lse_parts_##SFX(const T *x, const double *m, const double *L, T *out,      \

@@ -475,7 +475,35 @@ typedef struct {
     double *loss;
     T *grad;
     ptrdiff_t K;
+    double z_coef;    /* the z-loss term's gradient factor: grad += z_coef * lse * p */
+    double *lse;      /* NULL or (n,): each row's log-sum-exp */
+    uint8_t *correct; /* NULL or (n,): 1 where the target is the row's first maximum */
 } N(ce_ctx);
+
+/* lse of a row from its parts (the same rules as fin_logsumexp, in double) */
+FSM_INLINE double N(row_lse)(const T *xr, ptrdiff_t K, T m, double logs)
+{
+    return isfinite(m) ? (double)m + logs : N(lse_nonfinite)(xr, K, m);
+}
+
+/* 1 if class y holds the row's first maximal value and the row holds no NaN (argmax == y,
+ * with argmax's first-occurrence rule); s: the row's exp-sum, NaN only for a NaN or an
+ * infinite max, the rare rows that need the scan for NaN. */
+static uint8_t N(first_max_is)(const T *xr, ptrdiff_t K, T m, double s, int64_t y)
+{
+    if (!(xr[y] == m))
+        return 0;
+    int earlier = 0;
+    for (ptrdiff_t c = 0; c < y; c++)
+        earlier |= xr[c] == m;
+    if (earlier)
+        return 0;
+    if (s != s)
+        for (ptrdiff_t c = 0; c < K; c++)
+            if (xr[c] != xr[c])
+                return 0;
+    return 1;
+}
 
 /* Cross-entropy.  q_c = (1-eps) w_y [c == y] + eps/K w_c;  loss = sum_c q_c (log s - (x_c - m));
  * grad_c = scale (e_c / s * Q - q_c).  The exponentials land in the gradient row first. */
@@ -486,7 +514,13 @@ FSM_INLINE void N(fin_ce_index)(const N(ce_ctx) *cx, ptrdiff_t i, const T *xr, T
     const double *w = cx->weight;
     const double eps = cx->eps, eps_k = cx->eps_k;
     int64_t y = ((const int64_t *)cx->target)[i];
-    if (y == cx->ignore_index) {
+    const int ignored = y == cx->ignore_index;
+    if (cx->correct)
+        cx->correct[i] = !ignored && N(first_max_is)(xr, K, m, s, y);
+    double logs = (!ignored || cx->lse) ? N(log_sum)(xr, er, K, m, s, t) : 0.0;
+    if (cx->lse)
+        cx->lse[i] = N(row_lse)(xr, K, m, logs);
+    if (ignored) {
         cx->loss[i] = 0.0;
         if (cx->grad) {
 #pragma omp simd
@@ -495,7 +529,7 @@ FSM_INLINE void N(fin_ce_index)(const N(ce_ctx) *cx, ptrdiff_t i, const T *xr, T
         }
         return;
     }
-    double logs = N(log_sum)(xr, er, K, m, s, t), wy = w[y];
+    double wy = w[y];
     /* a zero weight contributes 0 even where x = -inf (0 * log 0 = 0, as ce_soft); 0 * logs
      * keeps a dead row (no usable logit: logs is NaN) NaN */
     double keep_w = (1.0 - eps) * wy;
@@ -516,7 +550,8 @@ FSM_INLINE void N(fin_ce_index)(const N(ce_ctx) *cx, ptrdiff_t i, const T *xr, T
     }
     cx->loss[i] = l;
     if (cx->grad) {
-        T a = (T)(cx->scale * ((1.0 - eps) * wy + eps_k * cx->w_sum) / s);
+        double zl = cx->z_coef != 0.0 ? cx->z_coef * ((double)m + logs) : 0.0;
+        T a = (T)((cx->scale * ((1.0 - eps) * wy + eps_k * cx->w_sum) + zl) / s);
         if (eps != 0.0) {
             double b = cx->scale * eps_k;
 #pragma omp simd
@@ -533,13 +568,14 @@ FSM_INLINE void N(fin_ce_index)(const N(ce_ctx) *cx, ptrdiff_t i, const T *xr, T
 
 FSM_CLONES void N(fsm_ce_index)(const T *x, const int64_t *target, const double *weight,
                                 int64_t ignore_index, double eps, double scale, double *loss,
-                                T *grad, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K)
+                                T *grad, double z_coef, double *lse, uint8_t *correct,
+                                ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K)
 {
     double w_sum = 0.0;
     for (ptrdiff_t c = 0; c < K; c++)
         w_sum += weight[c];
     N(ce_ctx) cx = {target, weight, ignore_index, eps, eps / (double)K, w_sum, scale, loss,
-                    grad, K};
+                    grad, K, z_coef, lse, correct};
     FSM_FOR_ROWS(grad, N(fin_ce_index), &cx, 1)
 }
 
@@ -565,9 +601,13 @@ FSM_INLINE void N(fin_ce_soft)(const N(ce_ctx) *cx, ptrdiff_t i, const T *xr, T 
         qz += qz_part;
         big_q += q_part;
     }
-    cx->loss[i] = big_q * N(log_sum)(xr, er, K, m, s, t) - qz;
+    double logs = N(log_sum)(xr, er, K, m, s, t);
+    cx->loss[i] = big_q * logs - qz;
+    if (cx->lse)
+        cx->lse[i] = N(row_lse)(xr, K, m, logs);
     if (cx->grad) {
-        T a = (T)(cx->scale * big_q / s);
+        double zl = cx->z_coef != 0.0 ? cx->z_coef * ((double)m + logs) : 0.0;
+        T a = (T)((cx->scale * big_q + zl) / s);
         double scale = cx->scale;
 #pragma omp simd
         for (ptrdiff_t c = 0; c < K; c++)
@@ -576,10 +616,11 @@ FSM_INLINE void N(fin_ce_soft)(const N(ce_ctx) *cx, ptrdiff_t i, const T *xr, T 
 }
 
 FSM_CLONES void N(fsm_ce_soft)(const T *x, const T *target, const double *weight, double eps,
-                               double scale, double *loss, T *grad, ptrdiff_t r0, ptrdiff_t r1,
-                               ptrdiff_t K)
+                               double scale, double *loss, T *grad, double z_coef, double *lse,
+                               ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K)
 {
-    N(ce_ctx) cx = {target, weight, 0, eps, eps / (double)K, 0.0, scale, loss, grad, K};
+    N(ce_ctx) cx = {target, weight, 0, eps, eps / (double)K, 0.0, scale, loss, grad, K,
+                    z_coef, lse, NULL};
     FSM_FOR_ROWS(grad, N(fin_ce_soft), &cx, 1)
 }
 
