@@ -569,9 +569,25 @@ def _ce_kernel(mod, op, kind, x2, t2, w, ignore_index, eps, scale, loss_rows, gr
     """The backend's cross-entropy kernel on (n, k) rows.  With ``softcap`` the rows go in
     blocks of _CAP_BLOCK elements: each block's capped logits c tanh(x / c) are made in a
     block-sized buffer, the kernel runs on them, and the block's gradient takes the chain
-    rule's factor 1 - tanh^2 (the capped copy of the whole array is never made)."""
+    rule's factor 1 - tanh^2 (the capped copy of the whole array is never made).
+    ``grad`` may be ``x2`` itself (the gradient written over the logits, as the fused
+    linear cross-entropy does to halve its buffers): the kernels read a row's logits after
+    writing its gradient row, so each block of logits is then copied to a block-sized
+    buffer first and the kernel reads the copy."""
     n, k = x2.shape
     compute = x2.dtype
+    if grad is x2 and softcap is None:
+        step = max(1, _CAP_BLOCK // k)
+        copy = np.empty((min(n, step), k), compute)
+        for r0 in range(0, n, step):
+            rows = slice(r0, min(n, r0 + step))
+            block = copy[: rows.stop - r0]
+            np.copyto(block, x2[rows])
+            _ce_kernel(mod, op, kind, block, t2[rows], w, ignore_index, eps, scale,
+                       loss_rows[rows], grad[rows], z_coef,
+                       lse[rows] if lse is not None else None,
+                       correct[rows] if correct is not None else None, None)
+        return
 
     def call(rows, xs):
         r = slice(rows.start, rows.stop)

@@ -5,17 +5,21 @@ Design
 - Tokens go in chunks of ``chunk_size`` rows.  Per chunk: the logits ``h_c @ W.T (+ b)`` by
   NumPy's BLAS matmul into one reused (chunk, V) buffer; the front's cross-entropy kernel
   call (``_api._ce_kernel``: any backend, soft-capping block by block) writes the chunk's
-  logit gradient G into a second one (the kernels read a row's logits after writing its
-  gradient row, so not in place), already scaled for the reduction; then
+  logit gradient G over it (the kernel reads a block-sized copy of each block of logits:
+  a row's logits are read again after its gradient row is written), already scaled for
+  the reduction; then
   ``d_hidden[c] = G @ W``, ``d_weight += G.T @ h_c`` and ``d_bias += sum G``.  The
   reduction's denominators (class-weight sum, kept count for the z-loss) are taken over all
   tokens first, so every chunk's gradient carries the final scale.
-- Peak memory beyond the inputs and the returned gradients: the two chunk buffers plus one
-  (8 MiB) slab for the ``d_weight`` accumulation (NumPy's matmul has no ``beta=1``: a
-  ``G.T @ h_c`` product of full size would be a second (V, D) array), and a
-  ``_CAP_BLOCK`` block with ``softcap``.  Default chunk: 1/16 of the logits' bytes, within
-  [4, 64] MiB per buffer, so both buffers together are at most 1/16 of the unfused
-  logits + gradient.
+- Peak memory beyond the inputs and the returned gradients: the chunk buffer, one
+  ``_CAP_BLOCK`` block (1-2 MiB) and one (8 MiB) slab for the ``d_weight`` accumulation
+  (NumPy's matmul has no ``beta=1``: a ``G.T @ h_c`` product of full size would be a
+  second (V, D) array).  Default chunk: 1/8 of the logits' bytes, within [8, 128] MiB, so
+  at most 1/16 of the unfused logits + gradient.  Chunk size matters to BLAS: per 512
+  tokens at V = 32000, D = 1024 (OpenBLAS, 2 threads, medians of 3) the three products
+  took 685 ms in chunks of 256 and 601 ms in one of 512 (the ``d_weight`` product, of
+  inner size chunk, ran at 150 GFLOP/s with 256 and 187 with 512); a second (chunk, V)
+  buffer for the gradient would have halved the chunk for the same memory.
 - Costs beyond the three matmuls an unfused computation also does: one read-add-write of
   ``d_weight`` per chunk after the first (measured per chunk at V = 128000, D = 512: 27 ms
   against 160 ms for each matmul) and the kernel's pass over the chunk buffer.
@@ -32,7 +36,7 @@ _SLAB_BYTES = 8 << 20
 
 
 def _default_chunk(n, v, itemsize):
-    budget = min(64 << 20, max(4 << 20, n * v * itemsize // 16))
+    budget = min(128 << 20, max(8 << 20, n * v * itemsize // 8))
     return max(1, min(n, budget // max(1, v * itemsize)))
 
 
@@ -100,8 +104,6 @@ def _run(hidden, weight, target, bias, class_weight, ignore_index, label_smoothi
     d_w = np.zeros((v, d), dt) if want_grad else None
     d_b = np.zeros(v) if want_grad and b is not None else None
     buf = np.empty((min(n, chunk), v), dt)
-    # the kernels read a row's logits after writing its gradient row: never the same buffer
-    gbuf = np.empty_like(buf) if want_grad else None
     slab_rows = max(1, _SLAB_BYTES // max(1, d * dt.itemsize))
     slab = np.empty((min(v, slab_rows), d), dt) if want_grad and n > chunk else None
     op = "cross_entropy_with_grad" if want_grad else "cross_entropy"
@@ -115,7 +117,7 @@ def _run(hidden, weight, target, bias, class_weight, ignore_index, label_smoothi
         if not v:
             continue
         mod = _api._kernels(backend, op, dt, hc.shape[0], v)
-        g = gbuf[: hc.shape[0]] if want_grad else None
+        g = logits if want_grad else None  # in place: _ce_kernel copies block by block
         _api._ce_kernel(mod, op, "index", logits, t2[rows], cw, ignore_index, eps, scale,
                         loss_rows[rows], g, z_coef, lse[rows] if lse is not None else None,
                         None, cap)
@@ -168,8 +170,8 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100
     classifier).  Every other option as in :func:`cross_entropy` (``softcap`` and
     ``z_loss`` included); probability targets are not taken here.
 
-    The tokens go in chunks of ``chunk_size`` (default: buffers of 1/16 of the logits'
-    bytes, between 4 and 64 MiB): extra memory O(chunk_size x V), not O(tokens x V).
+    The tokens go in chunks of ``chunk_size`` (default: a buffer of 1/8 of the logits'
+    bytes, between 8 and 128 MiB): extra memory O(chunk_size x V), not O(tokens x V).
     Products by NumPy's matmul (its BLAS and BLAS threads), the loss by fastsm's kernels.
     """
     return _run(hidden, weight, target, bias, class_weight, ignore_index, label_smoothing,

@@ -23,9 +23,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import _api, _dispatch, _registry, _threads, _tuning
+from . import _api, _dispatch, _linear, _registry, _threads, _tuning
 
 OPS = ("softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_with_grad")
+# the fused linear cross-entropy (forward; forward + backward): on shapes tokens x hidden :
+# vocabulary, asked for by --ops (fastsm bench only; the asv and pytest-benchmark grids
+# are the kernel ops above)
+LINEAR_OPS = ("linear_cross_entropy", "linear_cross_entropy_with_grad")
+LINEAR_SHAPES = ("4096x1024:32000", "2048x512:128000")
 DEFAULT_SHAPES = ("4096x1000", "512x32000", "65536x10", "64x128", "1000x512@0")
 QUICK_SHAPES = ("4096x1000", "256x32000", "65536x10", "64x128", "1000x512@0")
 LD = np.longdouble
@@ -60,10 +65,19 @@ class Result:
 
 
 _SHAPE = re.compile(r"^(\d+(?:x\d+)*)(?:@(-?\d+))?$")
+_LINEAR_SHAPE = re.compile(r"^(\d+)x(\d+):(\d+)$")
 
 
 def parse_shape(text: str):
-    """'4096x1000' -> ((4096, 1000), -1); '1000x512@0' -> ((1000, 512), 0)."""
+    """'4096x1000' -> ((4096, 1000), -1); '1000x512@0' -> ((1000, 512), 0); a linear
+    cross-entropy's tokens x hidden : vocabulary '4096x1024:32000' -> ((4096, 1024, 32000),
+    None)."""
+    linear = _LINEAR_SHAPE.match(text.strip().lower())
+    if linear:
+        dims = tuple(int(d) for d in linear.groups())
+        if min(dims) < 1:
+            raise ValueError(f"bad shape {text!r}: sizes must be >= 1")
+        return dims, None
     match = _SHAPE.match(text.strip().lower())
     dims = tuple(int(d) for d in match.group(1).split("x")) if match else ()
     if not dims or any(d < 1 for d in dims):
@@ -79,6 +93,8 @@ def parse_shape(text: str):
 def applies(op: str, shape_text: str) -> bool:
     """Whether a cell exists: cross-entropy takes classes on the last axis of (N, K)."""
     dims, axis = parse_shape(shape_text)
+    if (op in LINEAR_OPS) != (axis is None):  # linear ops take only T x D : V shapes
+        return False
     return not op.startswith("cross") or (axis == -1 and len(dims) == 2)
 
 
@@ -92,14 +108,49 @@ def cell_data(dims, dtype, with_target):
     return x, target
 
 
+def linear_data(dims, dtype):
+    """(hidden (T, D), classifier (V, D)) and targets for a linear cell: logits of std ~2."""
+    t, d, v = dims
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((t, d), dtype=np.float64).astype(dtype)
+    weight = (rng.standard_normal((v, d)) * (2 / math.sqrt(d))).astype(dtype)
+    return (hidden, weight), rng.integers(0, v, t)
+
+
 def traffic_bytes(op, x):
-    """Bytes an op must move: read x, plus write a same-size result where it has one."""
+    """Bytes an op must move: read x, plus write a same-size result where it has one.  A
+    linear cell: the logits' bytes (what the unfused computation writes once at least)."""
+    if op in LINEAR_OPS:
+        hidden, weight = x
+        return hidden.shape[0] * weight.shape[0] * hidden.itemsize
     return 2 * x.nbytes if op in ("softmax", "log_softmax", "cross_entropy_with_grad") else x.nbytes
 
 
 # ----------------------------------------------------------------------------- reference
+def _linear_reference(op, x, target):
+    """The unfused formulas in float64 (a long-double (T, V) would be GBs), 256 tokens at
+    a time: (loss, d_hidden, d_weight) of the mean."""
+    hidden, weight = (a.astype(np.float64) for a in x)
+    n = hidden.shape[0]
+    loss, d_h, d_w = 0.0, np.empty_like(hidden), np.zeros_like(weight)
+    for r0 in range(0, n, 256):
+        rows = slice(r0, r0 + 256)
+        logits = hidden[rows] @ weight.T
+        logp = _np_log_softmax(logits, -1)
+        at = (np.arange(logits.shape[0]), target[rows])
+        loss -= logp[at].sum()
+        g = np.exp(logp)
+        g[at] -= 1
+        g /= n
+        d_h[rows] = g @ weight
+        d_w += g.T @ hidden[rows]
+    return (loss / n, d_h, d_w) if op.endswith("_with_grad") else loss / n
+
+
 def reference(op, x, axis, target):
     """The NumPy-baseline formulas evaluated in long double."""
+    if op in LINEAR_OPS:
+        return _linear_reference(op, x, target)
     xl = x.astype(LD)
     if op == "softmax":
         return np.exp(_np_log_softmax(xl, axis))
@@ -120,6 +171,14 @@ def reference(op, x, axis, target):
 def error_of(op, result, ref):
     """Max relative error (probabilities, loss); max error / max(1, |ref|) for logs; for the
     fused op the worse of loss and gradient (gradient relative to its largest entry)."""
+    if op == "linear_cross_entropy_with_grad":
+        errors = [error_of("cross_entropy", result[0], ref[0])]
+        for got, want in zip(result[1:3], ref[1:3]):
+            errors.append(float(np.max(np.abs(np.asarray(got, np.float64) - want))
+                                / np.max(np.abs(want))))
+        return max(errors)
+    if op == "linear_cross_entropy":
+        op = "cross_entropy"
     if op == "cross_entropy_with_grad":
         loss, grad = result
         g_err = np.max(np.abs(np.asarray(grad, LD) - ref[1])) / np.max(np.abs(ref[1]))
@@ -132,7 +191,27 @@ def error_of(op, result, ref):
 
 
 # ----------------------------------------------------------------------------- contenders
+def _numpy_linear(op, x, target):
+    """The unfused computation in NumPy: the (T, V) logits, their softmax, the products."""
+    hidden, weight = x
+    n = hidden.shape[0]
+    rows = np.arange(n)
+
+    def run():
+        p = _np_softmax(hidden @ weight.T, -1)
+        loss = -np.log(p[rows, target]).mean()
+        if op == "linear_cross_entropy":
+            return loss
+        p[rows, target] -= 1
+        p /= n
+        return loss, p @ weight, p.T @ hidden
+
+    return run
+
+
 def _numpy_baseline(op, x, axis, target):
+    if op in LINEAR_OPS:
+        return _numpy_linear(op, x, target)
     if op == "softmax":
         return lambda: _np_softmax(x, axis)
     if op == "log_softmax":
@@ -169,10 +248,45 @@ def _np_logsumexp(x, axis):
     return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
 
 
+def _torch_linear(op, x, target):
+    """{"torch": F.linear + F.cross_entropy, "torch-chunked": F.linear_cross_entropy with
+    LinearCrossEntropyOptions (torch >= 2.13), where it exists}; forward + backward for
+    the _with_grad op."""
+    import torch
+
+    functional = torch.nn.functional
+    hidden, weight = (torch.from_numpy(a) for a in x)
+    tt = torch.from_numpy(target)
+    fns = {"torch": lambda h, w: functional.cross_entropy(functional.linear(h, w), tt)}
+    options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+    if options is not None and hasattr(functional, "linear_cross_entropy"):
+        fns["torch-chunked"] = lambda h, w: functional.linear_cross_entropy(
+            h, w, tt, options=options())
+
+    def timed(fn):
+        if op == "linear_cross_entropy":
+            def forward():
+                with torch.no_grad():
+                    return fn(hidden, weight).numpy()
+            return forward
+
+        def both():
+            h = hidden.detach().requires_grad_()
+            w = weight.detach().requires_grad_()
+            loss = fn(h, w)
+            loss.backward()
+            return loss.detach().numpy(), h.grad.numpy(), w.grad.numpy()
+        return both
+
+    return {name: timed(fn) for name, fn in fns.items()}
+
+
 def _torch_fn(op, x, axis, target, threads):
     import torch
 
     torch.set_num_threads(threads)
+    if op in LINEAR_OPS:
+        return _torch_linear(op, x, target)
     xt = torch.from_numpy(x)
     if op == "softmax":
         return lambda: torch.softmax(xt, axis).numpy()
@@ -207,6 +321,8 @@ def _jax_fn(op, x, axis, target, threads):
     import jax
     import jax.numpy as jnp
 
+    if op in LINEAR_OPS:
+        return None
     jax.config.update("jax_enable_x64", True)
     xj = jnp.asarray(x)
     if op in ("softmax", "log_softmax"):
@@ -231,8 +347,10 @@ def contenders(op, x, axis, target, backends, peers, threads):
     """{name: zero-argument callable} for one cell."""
     found = {}
     for name in backends:
-        fn = getattr(_api, op)
-        if op.startswith("cross"):
+        fn = getattr(_api, op) if op not in LINEAR_OPS else getattr(_linear, op)
+        if op in LINEAR_OPS:
+            found[name] = (lambda f=fn, b=name: f(x[0], x[1], target, backend=b))
+        elif op.startswith("cross"):
             found[name] = (lambda f=fn, b=name: f(x, target, backend=b))
         else:
             found[name] = (lambda f=fn, b=name: f(x, axis=axis, backend=b))
@@ -243,15 +361,21 @@ def contenders(op, x, axis, target, backends, peers, threads):
             fn = PEERS[peer](op, x, axis, target, threads)
         except ImportError:
             continue
-        if fn is not None:
+        if isinstance(fn, dict):
+            found.update(fn)
+        elif fn is not None:
             found[peer] = fn
-    found["copy"] = refs["copy"]
+    if "copy" in refs:
+        found["copy"] = refs["copy"]
     return found
 
 
 def references(op, x, axis, target):
     """The two contenders every suite measures against: the NumPy baseline formula and a
-    plain ``np.copyto`` of the same bytes (the memory roofline)."""
+    plain ``np.copyto`` of the same bytes (the memory roofline; not for linear cells,
+    whose cost is the matrix products)."""
+    if op in LINEAR_OPS:
+        return {"numpy-baseline": _numpy_baseline(op, x, axis, target)}
     out = np.empty_like(x)
     return {"numpy-baseline": _numpy_baseline(op, x, axis, target),
             "copy": lambda: np.copyto(out, x)}
@@ -316,7 +440,14 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
     if not applies(op, shape_text):
         return None
     dims, axis = parse_shape(shape_text)
-    x, target = cell_data(dims, dtype, op.startswith("cross"))
+    linear = axis is None
+    if linear:
+        x, target = linear_data(dims, dtype)
+        # calls of seconds: one untimed call after the first, 3 timed rounds
+        reps, warmup = min(reps, 3), 0
+    else:
+        x, target = cell_data(dims, dtype, op.startswith("cross"))
+        warmup = WARMUP_CALLS
     fns = contenders(op, x, axis, target, backends, peers, threads)
     first, samples, outputs = {}, {name: [] for name in fns}, {}
     for name, fn in fns.items():
@@ -325,7 +456,7 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
         first[name] = time.perf_counter() - t0
     # untimed: past the thread controller's start (its first probes of one thread, calls
     # 2-8, landed in 5-round --quick cells) and peers' pool warm-up; steady state is timed
-    for _ in range(WARMUP_CALLS):
+    for _ in range(warmup):
         for fn in fns.values():
             fn()
     # round-robin, order shuffled every round: drift hits every contender alike.  Each
@@ -338,11 +469,12 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
     for r in range(reps):
         rng.shuffle(names)
         for name in names:
-            fns[name]()
+            if not linear or r == 0:
+                fns[name]()
             t0 = time.perf_counter()
             fns[name]()
             samples[name].append(time.perf_counter() - t0)
-        if r >= 4 and time.perf_counter() - start > budget_s:
+        if r >= min(4, reps - 1) and time.perf_counter() - start > budget_s:
             break
     ref = reference(op, x, axis, target)
     nbytes = traffic_bytes(op, x)
@@ -352,7 +484,7 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
         res = Result(name, med[name], first[name], nbytes / med[name] / 1e9,
                      spread=relative_spread(samples[name]))
         res.vs_numpy = med["numpy-baseline"] / med[name]
-        res.vs_copy = med[name] / med["copy"]
+        res.vs_copy = med[name] / med["copy"] if "copy" in med else math.nan
         if name != "copy":
             res.error = error_of(op, outputs[name], ref)
         cell.results.append(res)
@@ -375,7 +507,8 @@ def run(ops=OPS, shapes=DEFAULT_SHAPES, dtypes=("float32", "float64"), threads=N
     todo = [(op, s, d) for op, s, d in todo if applies(op, s)]
     if skipped and progress:
         print(f"not measured: {', '.join(skipped)} (cross-entropy takes classes on the last "
-              "axis of (N, K))", file=sys.stderr)
+              "axis of (N, K); the linear ops take only tokens x hidden : vocabulary shapes, "
+              "the others none of those)", file=sys.stderr)
     try:
         with LoadMeter() as meter:
             for i, (op, shape, dtype) in enumerate(todo):
@@ -405,7 +538,8 @@ def table(cells, markdown=False):
         for r in sorted(cell.results, key=lambda r: r.median_s):
             rows.append([cell.op, cell.shape, cell.dtype,
                          r.contender + (" *" if r.fastest else ""), _fmt_time(r.median_s),
-                         f"{r.gbps:.1f}", f"{r.vs_numpy:.2f}", f"{r.vs_copy:.2f}",
+                         f"{r.gbps:.1f}", f"{r.vs_numpy:.2f}",
+                         "-" if math.isnan(r.vs_copy) else f"{r.vs_copy:.2f}",
                          "-" if math.isnan(r.error) else f"{r.error:.1e}",
                          _fmt_time(r.first_call_s)])
     if markdown:
@@ -442,7 +576,7 @@ def plot(cells, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(c.op, c.dtype) for c in cells}, key=lambda g: (g[1], OPS.index(g[0])))
+    groups = sorted({(c.op, c.dtype) for c in cells}, key=lambda g: (g[1], (OPS + LINEAR_OPS).index(g[0])))
     names = []
     for cell in cells:
         for r in sorted(cell.results, key=lambda r: r.median_s):
@@ -529,8 +663,12 @@ def dispatch_report(cells):
     lines = []
     for cell in cells:
         dims, axis = parse_shape(cell.shape)
-        n, k = int(np.prod(dims)) // dims[axis], dims[axis]
-        chosen = _dispatch.choose(cell.op, cell.dtype, n, k)
+        if axis is None:  # a linear cell runs the cross-entropy kernels on its chunks
+            op = "cross_entropy_with_grad" if cell.op.endswith("_with_grad") else "cross_entropy"
+            chosen = _dispatch.choose(op, cell.dtype, dims[0], dims[2])
+        else:
+            n, k = int(np.prod(dims)) // dims[axis], dims[axis]
+            chosen = _dispatch.choose(cell.op, cell.dtype, n, k)
         mine = _backend_results(cell)
         if not mine:
             continue
@@ -573,8 +711,12 @@ def tune(quick: bool = True, progress: bool = True):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``fastsm bench`` (also used by ``fastsm``'s subcommand)."""
     p.add_argument("--quick", action="store_true", help="float32, fewer repeats: under a minute")
-    p.add_argument("--ops", default=",".join(OPS), help="comma-separated ops")
-    p.add_argument("--shapes", default=None, help="e.g. 4096x1000,64x128,1000x512@0 (@axis)")
+    p.add_argument("--ops", default=",".join(OPS),
+                   help="comma-separated ops (also " + ", ".join(LINEAR_OPS) + ")")
+    p.add_argument("--shapes", default=None,
+                   help="e.g. 4096x1000,64x128,1000x512@0 (@axis); linear ops: tokens x "
+                        "hidden : vocabulary, e.g. 4096x1024:32000 (default "
+                        f"{','.join(LINEAR_SHAPES)})")
     p.add_argument("--dtypes", default=None, help="default float32,float64 (--quick: float32)")
     p.add_argument("--threads", type=int, default=None, help="threads for every contender")
     p.add_argument("--backends", default=None, help="fastsm backends (default: all available)")
@@ -597,10 +739,15 @@ def _checked(args, p):
     """(ops, shapes, dtypes, peers, backends) from the options, or a usage error (exit 2)
     naming the bad value: all of it before anything long runs."""
     ops = [o for o in args.ops.split(",") if o]
-    bad = [o for o in ops if o not in OPS]
+    bad = [o for o in ops if o not in OPS + LINEAR_OPS]
     if bad:
-        p.error(f"unknown op(s) {bad}; expected some of {list(OPS)}")
-    shapes = args.shapes.split(",") if args.shapes else list(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+        p.error(f"unknown op(s) {bad}; expected some of {list(OPS + LINEAR_OPS)}")
+    if args.shapes:
+        shapes = args.shapes.split(",")
+    else:
+        shapes = [s for s in (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+                  if any(o not in LINEAR_OPS for o in ops)]
+        shapes += list(LINEAR_SHAPES) if any(o in LINEAR_OPS for o in ops) else []
     for s in shapes:
         try:
             parse_shape(s)

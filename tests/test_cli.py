@@ -89,3 +89,25 @@ def test_import_from_the_folder_holding_a_clone_named_fastsm(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[0.5, 0.5]"
+
+
+def test_bench_measures_the_linear_cross_entropy_beside_torch(tmp_path):
+    """--ops linear_cross_entropy_with_grad on a tokens x hidden : vocabulary shape: every
+    backend, the NumPy baseline and, where torch is installed, torch's unfused and chunked
+    computations, each with its error against the float64 reference."""
+    out = tmp_path / "cells.json"
+    proc = fastsm("bench", "--ops", "linear_cross_entropy_with_grad,softmax", "--shapes",
+                  "64x16:100", "--dtypes", "float32", "--quick", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "softmax at 64x16:100" in proc.stderr  # the shape is the linear ops' only
+    cells = json.loads(out.read_text())["cells"]
+    assert [(c["op"], c["shape"]) for c in cells] == [("linear_cross_entropy_with_grad",
+                                                       "64x16:100")]
+    names = {r["contender"]: r for r in cells[0]["results"]}
+    assert set(bench._registry.available()) | {"numpy-baseline"} <= set(names)
+    try:
+        import torch  # noqa: F401
+        assert "torch" in names
+    except ImportError:
+        pass
+    assert all(r["error"] < 1e-5 for r in names.values())
