@@ -53,7 +53,12 @@ def caller(mod, op, x, target, threads):
         return lambda: mod.logsumexp(x, out, threads)
     if op == "ce_with_grad":
         w, loss, grad = np.ones(k), np.empty(n), np.empty_like(x)
-        return lambda: mod.ce_index(x, target, w, -100, 0.0, 1.0 / n, loss, grad, threads)
+        try:  # the contract with z_coef, lse and correct (after 2c9440a)
+            mod.ce_index(x, target, w, -100, 0.0, 1.0 / n, loss, grad, 0.0, None, None, threads)
+        except TypeError:  # an older checkout's kernels
+            return lambda: mod.ce_index(x, target, w, -100, 0.0, 1.0 / n, loss, grad, threads)
+        return lambda: mod.ce_index(x, target, w, -100, 0.0, 1.0 / n, loss, grad, 0.0, None,
+                                    None, threads)
     out = np.empty_like(x)
     return lambda: getattr(mod, op)(x, out, threads)
 

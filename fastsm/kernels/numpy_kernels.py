@@ -150,32 +150,32 @@ def log_softmax(x, out, nthreads=1):
 
 
 def _lse_parts_blocks(x):
-    """(rows, m, L) per block: m the row max (NaN if the row holds one), L = log of the
-    row's sum of exp(x - m); a row whose max is +-inf is shifted by 0 instead, so its L is
-    the row's logsumexp itself: all -inf gives log(0) = -inf and +inf gives +inf (NaN still
-    wins), as scipy does."""
+    """(rows, m, shift, L) per block: m the row max (NaN if the row holds one), L = log of
+    the row's sum of exp(x - shift) with shift = m, or 0 where m is +-inf or NaN: such a
+    row's L is its logsumexp itself (all -inf gives log(0) = -inf, +inf gives +inf, NaN
+    still wins), as scipy does; so the row's logsumexp is always shift + L."""
     n, k = x.shape
     scratch = np.empty((min(n, max(1, _BLOCK_ELEMS // k)), k), x.dtype)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for rows in _blocks(n, k):
             xb = x[rows]
             m = _row_max(xb)
-            shift = np.where(np.isfinite(m), m, 0)
+            finite = np.isfinite(m)
+            shift = m if finite.all() else np.where(finite, m, 0)
             z = scratch[: xb.shape[0]]
             np.subtract(xb, shift, out=z)
             np.exp(z, out=z)
-            yield rows, m[:, 0], _log_sum(z, _row_sum(z))[:, 0]
+            yield rows, m, shift, _log_sum(z, _row_sum(z))
 
 
 def logsumexp(x, out, nthreads=1):
-    with np.errstate(invalid="ignore"):
-        for rows, m, L in _lse_parts_blocks(x):
-            out[rows] = np.where(np.isfinite(m), m + L, L)
+    for rows, _, shift, L in _lse_parts_blocks(x):
+        out[rows] = (shift + L)[:, 0]
 
 
 def lse_parts(x, m_out, l_out, nthreads=1):
-    for rows, m, L in _lse_parts_blocks(x):
-        m_out[rows], l_out[rows] = m, L
+    for rows, m, _, L in _lse_parts_blocks(x):
+        m_out[rows], l_out[rows] = m[:, 0], L[:, 0]
 
 
 def from_lse_parts(x, m, L, out, log, nthreads=1):
