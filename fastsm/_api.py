@@ -619,6 +619,37 @@ def _ce_kernel(mod, op, kind, x2, t2, w, ignore_index, eps, scale, loss_rows, gr
             grad[rows] *= th
 
 
+def _gradient_scales(reduction, denominator, kept, z):
+    """(scale, z_coef) the kernels apply: the main term's 1/denominator for "mean" (else 1)
+    and the z-loss term's gradient factor.  The z-term z lse^2 per kept sample is
+    unweighted by class weights and its mean divides by the kept count (Liger-Kernel's
+    lse_square_scale): d/dx = 2 z lse p / count."""
+    mean = reduction == "mean"
+    scale = (1.0 / denominator if denominator != 0 else np.inf) if mean else 1.0
+    z_coef = 2.0 * z * ((1.0 / kept if kept else np.inf) if mean else 1.0) if z else 0.0
+    return scale, z_coef
+
+
+def _reduce_loss(loss_rows, lse, z, ignored, reduction, denominator, kept, shape, result):
+    """The loss as returned: per sample (``shape``) or the sum / the mean (over the
+    denominator; the z-term's over the kept count), the z-term z lse^2 added."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        z_rows = None
+        if z:
+            z_rows = z * lse * lse
+            if ignored is not None:
+                z_rows[ignored] = 0.0
+        if reduction == "none":
+            rows = loss_rows if z_rows is None else loss_rows + z_rows
+            return rows.reshape(shape).astype(result)
+        if reduction == "sum":
+            return result.type(loss_rows.sum() + (z_rows.sum() if z_rows is not None else 0.0))
+        value = loss_rows.sum() / denominator if denominator else np.nan
+        if z_rows is not None:
+            value = value + (z_rows.sum() / kept if kept else np.nan)
+        return result.type(value)
+
+
 def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
                    backend, want_grad, z_loss=0.0, softcap=None, return_lse=False,
                    return_accuracy=False):
@@ -660,37 +691,14 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
         t2 = np.ascontiguousarray(target, dtype=compute).reshape(n, k)
         ignored, denominator, kept = None, float(n), float(n)
 
-    mean = reduction == "mean"
-    if mean:
-        scale = 1.0 / denominator if denominator != 0 else np.inf
-    else:
-        scale = 1.0
-    # the z-loss term z lse^2 per kept sample, unweighted by class weights; its mean divides
-    # by the kept count (Liger-Kernel's lse_square_scale): d/dx = 2 z lse p / count
-    z_coef = 2.0 * z * ((1.0 / kept if kept else np.inf) if mean else 1.0) if z else 0.0
+    scale, z_coef = _gradient_scales(reduction, denominator, kept, z)
     if n and k:
         op = "cross_entropy_with_grad" if want_grad else "cross_entropy"
         mod = _kernels(backend, op, compute, n, k)
         _ce_kernel(mod, op, kind, x2, t2, w, ignore_index, eps, scale, loss_rows, grad,
                    z_coef, lse, correct, cap)
-
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        z_rows = None
-        if z:
-            z_rows = z * lse * lse
-            if ignored is not None:
-                z_rows[ignored] = 0.0
-        if reduction == "none":
-            rows = loss_rows if z_rows is None else loss_rows + z_rows
-            loss = rows.reshape(x.shape[:-1]).astype(result)
-        elif reduction == "sum":
-            total = loss_rows.sum() + (z_rows.sum() if z_rows is not None else 0.0)
-            loss = result.type(total)
-        else:
-            value = loss_rows.sum() / denominator if denominator else np.nan
-            if z_rows is not None:
-                value = value + (z_rows.sum() / kept if kept else np.nan)
-            loss = result.type(value)
+    loss = _reduce_loss(loss_rows, lse, z, ignored, reduction, denominator, kept,
+                        x.shape[:-1], result)
     if want_grad:
         grad = _to_result(grad.reshape(x.shape), result)
     if not (return_lse or return_accuracy):

@@ -95,9 +95,7 @@ def _run(hidden, weight, target, bias, class_weight, ignore_index, label_smoothi
     n, d = h.shape
     v = w.shape[0]
     dt = h.dtype
-    mean = reduction == "mean"
-    scale = (1.0 / den if den else np.inf) if mean else 1.0
-    z_coef = 2.0 * z * ((1.0 / kept if kept else np.inf) if mean else 1.0) if z else 0.0
+    scale, z_coef = _api._gradient_scales(reduction, den, kept, z)
     loss_rows = np.zeros(n)
     lse = np.empty(n) if z else None
     d_h = np.empty((n, d), dt) if want_grad else None
@@ -136,22 +134,7 @@ def _run(hidden, weight, target, bias, class_weight, ignore_index, label_smoothi
                 d_w[v0:v1] += part
         if d_b is not None:
             d_b += g.sum(axis=0, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        z_rows = None
-        if z:
-            z_rows = z * lse * lse
-            if ignored is not None:
-                z_rows[ignored] = 0.0
-        if reduction == "none":
-            rows_total = loss_rows if z_rows is None else loss_rows + z_rows
-            loss = rows_total.reshape(batch).astype(dt)
-        elif reduction == "sum":
-            loss = dt.type(loss_rows.sum() + (z_rows.sum() if z_rows is not None else 0.0))
-        else:
-            value = loss_rows.sum() / den if den else np.nan
-            if z_rows is not None:
-                value = value + (z_rows.sum() / kept if kept else np.nan)
-            loss = dt.type(value)
+    loss = _api._reduce_loss(loss_rows, lse, z, ignored, reduction, den, kept, batch, dt)
     if not want_grad:
         return loss, None, None, None
     return (loss, d_h.reshape(batch + (d,)), d_w,
