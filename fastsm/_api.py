@@ -524,6 +524,20 @@ class CrossEntropyOutput(NamedTuple):
     correct: Any
 
 
+def _check_ce_options(reduction, label_smoothing, ignore_index):
+    """(label_smoothing as float, ignore_index as int) once ``reduction`` is one of
+    _REDUCTIONS, or an error naming the bad value (every cross-entropy entry point)."""
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}; expected one of {list(_REDUCTIONS)}")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing!r}; expected a value in [0, 1]")
+    ignore_index = _integer("ignore_index", ignore_index)
+    if not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index={ignore_index}; expected an int64 value")
+    return eps, ignore_index
+
+
 def _check_lm_options(z_loss, softcap):
     """(z_loss as float, softcap as float or None), or a ValueError naming the bad value."""
     z = float(z_loss)
@@ -657,14 +671,7 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
     compute, result = _dtypes(x.dtype, "logits")
     if x.ndim == 0:
         raise ValueError("logits must have at least 1 dimension (..., classes); got a scalar")
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r}; expected one of {list(_REDUCTIONS)}")
-    eps = float(label_smoothing)
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"label_smoothing={label_smoothing!r}; expected a value in [0, 1]")
-    ignore_index = _integer("ignore_index", ignore_index)
-    if not -2**63 <= ignore_index < 2**63:
-        raise ValueError(f"ignore_index={ignore_index}; expected an int64 value")
+    eps, ignore_index = _check_ce_options(reduction, label_smoothing, ignore_index)
     z, cap = _check_lm_options(z_loss, softcap)
     k = x.shape[-1]
     n = x.size // k if k else int(np.prod(x.shape[:-1]))

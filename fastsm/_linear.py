@@ -66,12 +66,7 @@ def _prepare(hidden, weight, target, bias, class_weight, ignore_index, label_smo
             raise ValueError(f"bias has shape {b.shape} and dtype {b.dtype}; expected a real "
                              f"array of shape ({v},)")
         b = np.ascontiguousarray(b, dtype=h.dtype)
-    if not isinstance(reduction, str) or reduction not in _api._REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r}; expected one of {list(_api._REDUCTIONS)}")
-    eps = float(label_smoothing)
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"label_smoothing={label_smoothing!r}; expected a value in [0, 1]")
-    ignore_index = _api._integer("ignore_index", ignore_index)
+    eps, ignore_index = _api._check_ce_options(reduction, label_smoothing, ignore_index)
     z, cap = _api._check_lm_options(z_loss, softcap)
     if chunk_size is None:
         chunk = _default_chunk(n, v, h.dtype.itemsize)

@@ -72,8 +72,7 @@ _STATS = np.dtype([("m", np.float64), ("L", np.float64)])
 
 def _as_dask(x, what="x"):
     x = x if isinstance(x, da.Array) else da.asarray(x)
-    compute, result = _api._dtypes(np.dtype(x.dtype), what)
-    return x, compute, result
+    return x, _api._dtypes(np.dtype(x.dtype), what)[1]
 
 
 def _axis(axis, ndim):
@@ -133,7 +132,7 @@ def _normalise(x, stats, axis, log, backend):
 # ----------------------------------------------------------------------------- public
 def logsumexp(x, axis=-1, keepdims=False, *, backend=None):
     """``fastsm.logsumexp`` of a Dask array along one axis, lazily (any chunking)."""
-    x, compute, result = _as_dask(x)
+    x, result = _as_dask(x)
     ax = _axis(axis, x.ndim)
     if x.numblocks[ax] == 1:
         return x.map_blocks(fastsm.logsumexp, axis=ax, keepdims=keepdims, backend=backend,
@@ -146,7 +145,7 @@ def logsumexp(x, axis=-1, keepdims=False, *, backend=None):
 
 
 def _elementwise(name, x, axis, backend):
-    x, compute, result = _as_dask(x)
+    x, result = _as_dask(x)
     ax = _axis(axis, x.ndim)
     if x.numblocks[ax] == 1:
         return x.map_blocks(getattr(fastsm, name), axis=ax, backend=backend, dtype=result)
@@ -383,15 +382,11 @@ def _chunked_class_ce(x, t, soft, w, ignore_index, eps, result, want_grad, backe
 
 def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction, backend,
                    want_grad):
-    x, compute, result = _as_dask(logits, "logits")
+    x, result = _as_dask(logits, "logits")
     if x.ndim < 2:
         raise ValueError("fastsm.dask cross-entropy takes logits of shape (..., classes) with "
                          f"at least one batch axis; got shape {x.shape}")
-    if not isinstance(reduction, str) or reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction={reduction!r}; expected one of ['mean', 'sum', 'none']")
-    eps = float(label_smoothing)
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"label_smoothing={label_smoothing!r}; expected a value in [0, 1]")
+    eps, ignore_index = _api._check_ce_options(reduction, label_smoothing, ignore_index)
     k = x.shape[-1]
     t = target if isinstance(target, da.Array) else da.asarray(target)
     soft = t.shape == x.shape
