@@ -1,5 +1,6 @@
 """Peak memory and time of one linear cross-entropy training step (forward + backward):
-fastsm.linear_cross_entropy_with_grad against torch's unfused F.linear + F.cross_entropy and
+fastsm.linear_cross_entropy_with_grad (NumPy's BLAS) and fastsm.torch.linear_cross_entropy
+(the same chunked loss, torch's BLAS, in a torch autograd step) against torch's unfused F.linear + F.cross_entropy and
 torch's chunked F.linear_cross_entropy, each in a fresh process.
 
     python -m benchmarks.linear_ce_memory [--threads 2] [--shapes 4096x1024:32000,...]
@@ -24,7 +25,7 @@ import sys
 import time
 
 SHAPES = ("4096x1024:32000", "2048x512:128000")
-CONTENDERS = ("fastsm", "torch unfused", "torch chunked")
+CONTENDERS = ("fastsm", "fastsm.torch", "torch unfused", "torch chunked")
 
 
 def _rss():
@@ -53,7 +54,13 @@ def _step(name, n, d, v, threads):
 
     def step():
         hh, ww = h.detach().requires_grad_(), w.detach().requires_grad_()
-        if name == "torch unfused":
+        if name == "fastsm.torch":
+            import fastsm
+            import fastsm.torch
+
+            fastsm.set_num_threads(threads)
+            loss = fastsm.torch.linear_cross_entropy(hh, ww, t)
+        elif name == "torch unfused":
             loss = functional.cross_entropy(functional.linear(hh, ww), t)
         else:
             loss = functional.linear_cross_entropy(hh, ww, t,

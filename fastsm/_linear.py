@@ -3,7 +3,8 @@ never holding the (tokens, vocabulary) logits.
 
 Design
 - Tokens go in chunks of ``chunk_size`` rows.  Per chunk: the logits ``h_c @ W.T (+ b)`` by
-  NumPy's BLAS matmul into one reused (chunk, V) buffer; the front's cross-entropy kernel
+  a BLAS matmul (``products``: NumPy's, or torch's from fastsm.torch) into one reused
+  (chunk, V) buffer; the front's cross-entropy kernel
   call (``_api._ce_kernel``: any backend, soft-capping block by block) writes the chunk's
   logit gradient G over it (the kernel reads a block-sized copy of each block of logits:
   a row's logits are read again after its gradient row is written), already scaled for
@@ -80,10 +81,36 @@ def _prepare(hidden, weight, target, bias, class_weight, ignore_index, label_smo
             den, kept, cw, eps, ignore_index, z, cap, chunk, batch)
 
 
+class NumpyProducts:
+    """The matrix products by NumPy's matmul (its BLAS and BLAS threads)."""
+
+    def __init__(self):
+        self._slab = None
+
+    def matmul(self, a, b, out):
+        np.matmul(a, b, out=out)
+
+    def accumulate(self, acc, a, b):
+        """acc += a @ b.  NumPy's matmul has no beta=1: the product goes by 8 MiB slabs of
+        acc's rows into one reused buffer, added after each."""
+        v, d = acc.shape
+        rows = max(1, _SLAB_BYTES // max(1, d * acc.itemsize))
+        if self._slab is None or self._slab.shape[1:] != (d,) or self._slab.dtype != acc.dtype:
+            self._slab = np.empty((min(v, rows), d), acc.dtype)
+        for v0 in range(0, v, rows):
+            v1 = min(v, v0 + rows)
+            part = self._slab[: v1 - v0]
+            np.matmul(a[v0:v1], b, out=part)
+            acc[v0:v1] += part
+
+
 def _run(hidden, weight, target, bias, class_weight, ignore_index, label_smoothing,
-         reduction, z_loss, softcap, chunk_size, backend, want_grad, row_scale=None):
+         reduction, z_loss, softcap, chunk_size, backend, want_grad, row_scale=None,
+         products=None):
     """(loss, d_hidden, d_weight, d_bias); the gradients None without want_grad.
-    ``row_scale`` (n,): per-sample factors on the gradient (torch's backward of "none")."""
+    ``row_scale`` (n,): per-sample factors on the gradient (torch's backward of "none").
+    ``products``: who multiplies the matrices (``NumpyProducts`` by default; fastsm.torch
+    passes torch's, so a torch training loop runs on torch's BLAS)."""
     (h, w, b, t2, ignored, den, kept, cw, eps, ignore_index, z, cap, chunk,
      batch) = _prepare(hidden, weight, target, bias, class_weight, ignore_index,
                        label_smoothing, reduction, z_loss, softcap, chunk_size)
@@ -97,14 +124,13 @@ def _run(hidden, weight, target, bias, class_weight, ignore_index, label_smoothi
     d_w = np.zeros((v, d), dt) if want_grad else None
     d_b = np.zeros(v) if want_grad and b is not None else None
     buf = np.empty((min(n, chunk), v), dt)
-    slab_rows = max(1, _SLAB_BYTES // max(1, d * dt.itemsize))
-    slab = np.empty((min(v, slab_rows), d), dt) if want_grad and n > chunk else None
+    products = NumpyProducts() if products is None else products
     op = "cross_entropy_with_grad" if want_grad else "cross_entropy"
     for first, r0 in enumerate(range(0, n, chunk)):
         rows = slice(r0, min(n, r0 + chunk))
         hc = h[rows]
         logits = buf[: hc.shape[0]]
-        np.matmul(hc, w.T, out=logits)
+        products.matmul(hc, w.T, logits)
         if b is not None:
             logits += b
         if not v:
@@ -118,15 +144,11 @@ def _run(hidden, weight, target, bias, class_weight, ignore_index, label_smoothi
             continue
         if row_scale is not None:
             g *= row_scale[rows, None].astype(dt)
-        np.matmul(g, w, out=d_h[rows])
+        products.matmul(g, w, d_h[rows])
         if first == 0:
-            np.matmul(g.T, hc, out=d_w)
+            products.matmul(g.T, hc, d_w)
         else:
-            for v0 in range(0, v, slab_rows):
-                v1 = min(v, v0 + slab_rows)
-                part = slab[: v1 - v0]
-                np.matmul(g[:, v0:v1].T, hc, out=part)
-                d_w[v0:v1] += part
+            products.accumulate(d_w, g.T, hc)
         if d_b is not None:
             d_b += g.sum(axis=0, dtype=np.float64)
     loss = _api._reduce_loss(loss_rows, lse, z, ignored, reduction, den, kept, batch, dt)

@@ -43,6 +43,12 @@ def _array(t, what):
     return t.detach().numpy()
 
 
+def _tensor(a):
+    """Targets as tensors (the backward keeps them with ``save_for_backward``), sharing a
+    NumPy array's memory."""
+    return a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+
+
 def _class_last(a):
     """torch's (N, C, d1, ...) layout as fastsm's (N, d1, ..., C) view (no copy)."""
     return np.moveaxis(a, 1, -1) if a.ndim > 2 else a
@@ -52,29 +58,55 @@ def _class_first(a):
     return np.moveaxis(a, -1, 1) if a.ndim > 2 else a
 
 
+def _kept(ctx, grad_output):
+    """(the gradients the forward kept, or None; whether they go to torch as they are).
+    As they are at the first backward with an incoming gradient of exactly 1
+    (``loss.backward()``): handed over uncopied (d_weight is V x D) and let go of by the
+    context, so torch keeps them as the leaves' ``.grad`` without a clone; a later backward
+    through the same graph (``retain_graph=True``) recomputes them."""
+    grads = ctx.grads
+    if grads is not None and grad_output.numel() == 1 and float(grad_output) == 1.0:
+        ctx.grads = None
+        return grads, True
+    return grads, False
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, options):
+        ctx.options = options
+        ctx.grads = None
+        if not ctx.needs_input_grad[0]:
+            return torch.from_numpy(np.asarray(_CrossEntropy.compute(logits, target, options,
+                                                                     False)))
+        ctx.save_for_backward(logits, target)
+        loss, grad = _CrossEntropy.compute(logits, target, options, True)
+        ctx.grads = [grad]
+        return torch.from_numpy(np.asarray(loss))
+
+    @staticmethod
+    def compute(logits, target, options, want_grad):
         x = _class_last(_array(logits, "input"))
         t = _array(target, "target")
         if t.dtype.kind == "f" and t.ndim > 2:
             t = _class_last(t)
-        ctx.reduction = options["reduction"]
-        if ctx.needs_input_grad[0]:
-            loss, grad = fastsm.cross_entropy_with_grad(x, t, **options)
-            ctx.grad = torch.from_numpy(np.ascontiguousarray(_class_first(grad)))
-        else:
-            loss = fastsm.cross_entropy(x, t, **options)
-        return torch.from_numpy(np.asarray(loss))
+        if not want_grad:
+            return fastsm.cross_entropy(x, t, **options)
+        loss, grad = fastsm.cross_entropy_with_grad(x, t, **options)
+        return loss, torch.from_numpy(np.ascontiguousarray(_class_first(grad)))
 
     @staticmethod
     def backward(ctx, grad_output):
-        g = ctx.grad
-        if ctx.reduction == "none" and g.ndim > 1:
-            g = g * grad_output.unsqueeze(1)   # per sample (classes on dim 1)
-        else:
-            g = g * grad_output
-        return g, None, None
+        grads, as_they_are = _kept(ctx, grad_output)
+        if as_they_are:
+            return grads[0], None, None
+        if grads is None:
+            logits, target = ctx.saved_tensors
+            grads = _CrossEntropy.compute(logits, target, ctx.options, True)[1:]
+        g = grads[0]
+        if ctx.options["reduction"] == "none" and g.ndim > 1:
+            return g * grad_output.unsqueeze(1), None, None  # per sample, classes on dim 1
+        return g * grad_output, None, None
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
@@ -85,44 +117,64 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
                    ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                    backend=backend)
-    return _CrossEntropy.apply(input, target, options)
+    return _CrossEntropy.apply(input, _tensor(target), options)
+
+
+class _TorchProducts:
+    """The linear cross-entropy's matrix products by torch's matmul on the NumPy views
+    (``torch.from_numpy`` shares them): a training loop's products run on the BLAS and
+    threads torch runs its own on, and ``d_weight`` accumulates by ``addmm_`` (beta = 1)
+    where NumPy needs a slab buffer and an extra add."""
+
+    @staticmethod
+    def matmul(a, b, out):
+        torch.mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+
+    @staticmethod
+    def accumulate(acc, a, b):
+        torch.from_numpy(acc).addmm_(torch.from_numpy(a), torch.from_numpy(b))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, target, bias, options):
-        h, w = _array(hidden, "hidden"), _array(weight, "weight")
-        t = _array(target, "target")
-        b = None if bias is None else _array(bias, "bias")
         wants = ctx.needs_input_grad
         need = wants[0] or wants[1] or (bias is not None and wants[3])
-        ctx.options, ctx.has_bias = options, bias is not None
+        ctx.options, ctx.has_bias, ctx.grads = options, bias is not None, None
+        if need:
+            ctx.save_for_backward(hidden, weight, target, bias)
         if need and options["reduction"] != "none":
-            loss, dh, dw, db = _linear.linear_cross_entropy_with_grad(h, w, t, b, **options)
-            ctx.grads = [torch.from_numpy(a) if a is not None else None for a in (dh, dw, db)]
-        else:
-            loss = _linear.linear_cross_entropy(h, w, t, b, **options)
-            ctx.grads = None
-            if need:  # "none": the backward needs the per-sample factors first
-                ctx.save_for_backward(hidden, weight, target, bias)
+            loss, *grads = _LinearCrossEntropy.compute(hidden, weight, target, bias, options,
+                                                       True)
+            ctx.grads = grads
+        else:  # "none": the backward needs the per-sample factors first
+            loss = _LinearCrossEntropy.compute(hidden, weight, target, bias, options, False)[0]
         return torch.from_numpy(np.asarray(loss))
 
     @staticmethod
+    def compute(hidden, weight, target, bias, options, want_grad, row_scale=None):
+        """(loss, d_hidden, d_weight, d_bias) as tensors; the products on torch's BLAS."""
+        loss, *grads = _linear._run(
+            _array(hidden, "hidden"), _array(weight, "weight"), _array(target, "target"),
+            None if bias is None else _array(bias, "bias"), want_grad=want_grad,
+            row_scale=row_scale, products=_TorchProducts, **options)
+        return [loss] + [None if a is None else torch.from_numpy(a) for a in grads]
+
+    @staticmethod
     def backward(ctx, grad_output):
-        if ctx.grads is not None:
-            dh, dw, db = (None if a is None else a * grad_output for a in ctx.grads)
-        else:
+        grads, as_they_are = _kept(ctx, grad_output)
+        if not as_they_are:
             hidden, weight, target, bias = ctx.saved_tensors
-            factors = grad_output.detach().numpy().reshape(-1).astype(np.float64)
-            _, dh, dw, db = _linear._run(
-                _array(hidden, "hidden"), _array(weight, "weight"), _array(target, "target"),
-                None if bias is None else _array(bias, "bias"),
-                ctx.options["class_weight"], ctx.options["ignore_index"],
-                ctx.options["label_smoothing"], "none", ctx.options["z_loss"],
-                ctx.options["softcap"], ctx.options["chunk_size"], ctx.options["backend"],
-                want_grad=True, row_scale=factors)
-            dh, dw = torch.from_numpy(dh), torch.from_numpy(dw)
-            db = None if db is None else torch.from_numpy(db)
+            if ctx.options["reduction"] == "none":
+                factors = grad_output.detach().numpy().reshape(-1).astype(np.float64)
+                grads = _LinearCrossEntropy.compute(hidden, weight, target, bias, ctx.options,
+                                                    True, row_scale=factors)[1:]
+            else:
+                if grads is None:
+                    grads = _LinearCrossEntropy.compute(hidden, weight, target, bias,
+                                                        ctx.options, True)[1:]
+                grads = [None if a is None else a * grad_output for a in grads]
+        dh, dw, db = grads
         return dh, dw, None, db if ctx.has_bias else None, None
 
 
@@ -137,4 +189,4 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100
                    class_weight=None if class_weight is None else _array(class_weight,
                                                                          "class_weight"),
                    chunk_size=chunk_size, backend=backend)
-    return _LinearCrossEntropy.apply(hidden, weight, target, bias, options)
+    return _LinearCrossEntropy.apply(hidden, weight, _tensor(target), bias, options)

@@ -319,3 +319,34 @@ def test_torch_training_step_matches_torch():
         grads.append((loss.detach(), h.grad, w.grad))
     for ours, theirs in zip(*grads):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_backward_twice_and_scaled_match_torch():
+    """The first ``loss.backward()`` hands the kept gradients to torch uncopied; a second
+    backward through the same graph recomputes them, and a scaled loss scales them: the
+    accumulated ``.grad`` must be torch's in every case."""
+    torch = pytest.importorskip("torch")
+    import fastsm.torch as ft
+
+    functional = torch.nn.functional
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(12, 6, dtype=torch.float64, generator=gen)
+    weight = torch.randn(20, 6, dtype=torch.float64, generator=gen)
+    target = torch.randint(0, 20, (12,), generator=gen)
+    fns = {
+        "ours": (lambda h, w: ft.linear_cross_entropy(h, w, target, chunk_size=5),
+                 lambda x: ft.cross_entropy(x, target)),
+        "torch": (lambda h, w: functional.cross_entropy(h @ w.T, target),
+                  lambda x: functional.cross_entropy(x, target)),
+    }
+    grads = {}
+    for who, (linear, plain) in fns.items():
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        x = (hidden @ weight.T).requires_grad_()
+        for loss in (linear(h, w), plain(x)):
+            loss.backward(retain_graph=True)
+            loss.backward(retain_graph=True)
+            (3.0 * loss).backward()
+        grads[who] = (h.grad, w.grad, x.grad)
+    for ours, theirs in zip(grads["ours"], grads["torch"]):
+        torch.testing.assert_close(ours, theirs)
