@@ -4,9 +4,11 @@ Kernels (``fastsm/kernels/*``) only ever see validated 2-D C-contiguous float32/
 ``(rows, classes)`` arrays with rows >= 1 and classes >= 1; everything that can be wrong
 with user input is caught here, before any compiled code runs.
 
-dtype rule: float32 and float64 are computed natively and keep their dtype; float16 is
-computed in float32 and returned as float16; bool and integer input is computed and
-returned as float64 (like ``np.exp``).  Anything else raises TypeError.
+dtype rule: float32 and float64 are computed natively and keep their dtype; float16 and
+bfloat16 (``ml_dtypes.bfloat16``) are computed in float32 and returned in their own dtype,
+read and written as 16-bit values by backends with half kernels (``HALF_KINDS``: cython)
+where the rows are contiguous, else through a float32 copy; bool and integer input is
+computed and returned as float64 (like ``np.exp``).  Anything else raises TypeError.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ except ImportError:  # numpy < 2
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _F16 = np.dtype(np.float16)
+_U16 = np.dtype(np.uint16)
 _REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -35,14 +38,56 @@ def _dtypes(dt: np.dtype, what: str):
     """(compute dtype, result dtype) for an input dtype, or TypeError."""
     if dt == _F32 or dt == _F64:
         return dt, dt
-    if dt == _F16:
-        return _F32, _F16
+    if _is_half(dt):
+        return _F32, dt
     if dt.kind in "biu":
         return _F64, _F64
     raise TypeError(
-        f"{what} has dtype {dt}; expected float32 or float64 "
-        "(float16, integer and bool are converted; complex, object and strings are not)"
+        f"{what} has dtype {dt}; expected float32 or float64 (float16, bfloat16, integer "
+        "and bool are converted; complex, object and strings are not)"
     )
+
+
+def _is_half(dt):
+    """float16, or ml_dtypes' bfloat16 (recognised by name: fastsm never imports it)."""
+    return dt == _F16 or (dt.name == "bfloat16" and dt.itemsize == 2)
+
+
+def _half_kernels(mod, op, dt):
+    """(the backend's ``<op>_half`` kernel, the code of dtype ``dt`` for it), or None where
+    the backend has no half kernels (optional in the kernel contract)."""
+    code = getattr(mod, "HALF_KINDS", {}).get(dt.name)
+    return None if code is None else (getattr(mod, op + "_half"), code)
+
+
+def _half_last_axis(op, x, axis, out, backend):
+    """``op`` over the last axis of C-contiguous float16/bfloat16 ``x`` by the backend's
+    half kernel (16-bit reads and writes, float32 compute), into a new array or a
+    non-overlapping ``out=`` of the same kind; None where that does not apply."""
+    if (type(x) is not np.ndarray or not x.ndim or not x.size or not x.flags.c_contiguous
+            or isinstance(axis, bool) or not isinstance(axis, (int, np.integer))
+            or axis not in (-1, x.ndim - 1)):
+        return None
+    dt = x.dtype
+    k = x.shape[-1]
+    n = x.size // k
+    mod = _kernels(backend, op, dt, n, k)
+    half = _half_kernels(mod, op, dt)
+    if half is None:
+        return None
+    shape = x.shape if op != "logsumexp" else x.shape[:-1]
+    if out is None:
+        res = np.empty(shape, dt)
+    elif (type(out) is np.ndarray and out.dtype == dt and out.shape == shape
+          and out.flags.c_contiguous and out.flags.writeable
+          and (out is x or not np.may_share_memory(out, x))):
+        res = out
+    else:
+        return None
+    rows = res.reshape(n, k) if op != "logsumexp" else res.reshape(n)
+    _parallel.run(mod, op, dt, n, k, half[0], x.reshape(n, k).view(_U16), rows.view(_U16),
+                  half[1])
+    return res
 
 
 def _integer(name, value):
@@ -229,6 +274,8 @@ def _elementwise(op, x, axis, out, backend):
                     _parallel.run(mod, op, dt, n, k, getattr(mod, op), x, res)
                 return res
     done = _by_columns(op, x, axis, out, backend)
+    if done is None and getattr(x, "dtype", None) is not None and _is_half(x.dtype):
+        done = _half_last_axis(op, x, axis, out, backend)
     if done is not None:
         return done
     x, compute, result, axes, moved, x2 = _as_rows(x, axis)
@@ -317,6 +364,11 @@ def logsumexp(a, axis=-1, b=None, keepdims=False, return_sign=False, *, out=None
         res = np.empty(a.shape[0], a.dtype)
         _logsumexp_rows(a, res, backend)
         return res
+    if (out is None and not keepdims and not return_sign
+            and getattr(a, "dtype", None) is not None and _is_half(a.dtype)):
+        res = _half_last_axis("logsumexp", a, axis, None, backend)
+        if res is not None:
+            return _scalar_if_0d(res)
     if out is None and not return_sign:
         res = _by_columns("logsumexp", a, axis, None, backend)
         if res is not None:
@@ -473,11 +525,12 @@ def _target_kind(target, logits_shape, k):
     """'index' or 'soft' for a validated target; raises on anything else."""
     batch = logits_shape[:-1]
     dt = target.dtype
-    if target.shape == logits_shape and dt.kind == "f":
+    floating = dt.kind == "f" or _is_half(dt)
+    if target.shape == logits_shape and floating:
         return "soft"
     if dt.kind in "iu" and target.shape == batch:
         return "index"
-    if dt.kind in "f" and target.shape == batch:
+    if floating and target.shape == batch:
         raise TypeError(
             f"class-index target must have an integer dtype, got {dt}; "
             f"for probabilities pass a target of shape {logits_shape}"
@@ -486,7 +539,7 @@ def _target_kind(target, logits_shape, k):
         raise TypeError(
             f"probability target must have a float dtype, got {dt}; class indices have shape {batch}"
         )
-    if dt.kind not in "iuf":
+    if dt.kind not in "iu" and not floating:
         raise TypeError(f"target has dtype {dt}; expected integer class indices or float probabilities")
     raise ValueError(
         f"target has shape {target.shape}; expected {batch} (class indices, integer) or "
@@ -683,10 +736,18 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
 
     w = _class_weights(weight, k)
 
-    x2 = np.ascontiguousarray(x, dtype=compute).reshape(n, k)
+    op = "cross_entropy_with_grad" if want_grad else "cross_entropy"
+    mod = _kernels(backend, op, result, n, k) if n and k else None
+    half = None
+    if (mod is not None and compute != result and cap is None
+            and (kind == "index" or target.dtype == result)):
+        half = _half_kernels(mod, "ce_" + kind, result)
+    # half kernels read the 16-bit logits (and targets) and write a 16-bit gradient
+    store = result if half else compute
+    x2 = np.ascontiguousarray(x, dtype=store).reshape(n, k)
     # every kernel writes every row (ignored: 0); without classes no kernel runs: an empty sum
     loss_rows = np.empty(n, np.float64) if k else np.zeros(n, np.float64)
-    grad = np.empty((n, k), compute) if want_grad else None
+    grad = np.empty((n, k), store) if want_grad else None
     need_lse = bool(return_lse or z)
     lse = (np.empty(n) if k else np.full(n, -np.inf)) if need_lse else None
     correct = (np.empty(n, np.uint8) if k else np.zeros(n, np.uint8)) if return_accuracy else None
@@ -695,13 +756,21 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
         t2, ignored, denominator, kept = _index_targets(target, k, ignore_index,
                                                         weight is not None, w)
     else:
-        t2 = np.ascontiguousarray(target, dtype=compute).reshape(n, k)
+        t2 = np.ascontiguousarray(target, dtype=store).reshape(n, k)
         ignored, denominator, kept = None, float(n), float(n)
 
     scale, z_coef = _gradient_scales(reduction, denominator, kept, z)
-    if n and k:
-        op = "cross_entropy_with_grad" if want_grad else "cross_entropy"
-        mod = _kernels(backend, op, compute, n, k)
+    if half:
+        g = grad.view(_U16) if grad is not None else None
+        if kind == "index":
+            _parallel.run(mod, op, result, n, k, half[0], x2.view(_U16), half[1], t2, w,
+                          ignore_index, eps, scale, loss_rows, g, z_coef, lse, correct)
+        else:
+            _parallel.run(mod, op, result, n, k, half[0], x2.view(_U16), half[1],
+                          t2.view(_U16), w, eps, scale, loss_rows, g, z_coef, lse)
+    elif mod is not None:
+        if compute != result:  # the dispatch above saw the half dtype
+            mod = _kernels(backend, op, compute, n, k)
         _ce_kernel(mod, op, kind, x2, t2, w, ignore_index, eps, scale, loss_rows, grad,
                    z_coef, lse, correct, cap)
     loss = _reduce_loss(loss_rows, lse, z, ignored, reduction, denominator, kept,

@@ -99,11 +99,30 @@ def applies(op: str, shape_text: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- data
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def as_dtype(name):
+    """A bench dtype by name; bfloat16 is ml_dtypes' (``pip install -e '.[half]'``)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _wide(a):
+    """Half-precision results as float32 (ml_dtypes' bfloat16 casts to float32, not to
+    every NumPy type), anything else as it is."""
+    a = np.asarray(a)
+    return a.astype(np.float32) if a.dtype.itemsize == 2 and a.dtype.kind in "fV" else a
+
+
 def cell_data(dims, dtype, with_target):
     """The arrays every suite times: fixed-seed logits (std 2) and, for cross-entropy,
     integer class targets along the first axis."""
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal(dims) * 2).astype(dtype)
+    x = (rng.standard_normal(dims) * 2).astype(as_dtype(dtype))
     target = rng.integers(0, dims[-1], dims[0]) if with_target else None
     return x, target
 
@@ -151,7 +170,7 @@ def reference(op, x, axis, target):
     """The NumPy-baseline formulas evaluated in long double."""
     if op in LINEAR_OPS:
         return _linear_reference(op, x, target)
-    xl = x.astype(LD)
+    xl = _wide(x).astype(LD)
     if op == "softmax":
         return np.exp(_np_log_softmax(xl, axis))
     if op == "log_softmax":
@@ -181,11 +200,14 @@ def error_of(op, result, ref):
         op = "cross_entropy"
     if op == "cross_entropy_with_grad":
         loss, grad = result
-        g_err = np.max(np.abs(np.asarray(grad, LD) - ref[1])) / np.max(np.abs(ref[1]))
+        g_err = np.max(np.abs(_wide(grad).astype(LD) - ref[1])) / np.max(np.abs(ref[1]))
         return max(error_of("cross_entropy", loss, ref[0]), float(g_err))
-    r = np.asarray(result, LD)
+    r = _wide(result).astype(LD)
     if op in ("softmax", "cross_entropy"):
-        mask = np.abs(ref) > np.finfo(np.asarray(result).dtype).tiny
+        # below float16's smallest normal a half result holds few digits (bfloat16 alike)
+        rd = np.asarray(result).dtype
+        tiny = np.finfo(np.float16 if rd.itemsize == 2 else rd).tiny
+        mask = np.abs(ref) > tiny
         return float(np.max(np.abs(r[mask] - ref[mask]) / np.abs(ref[mask]))) if mask.any() else 0.0
     return float(np.max(np.abs(r - ref) / np.maximum(1, np.abs(ref))))
 
@@ -249,7 +271,8 @@ def _np_logsumexp(x, axis):
 
 
 def _torch_linear(op, x, target):
-    """{"torch": F.linear + F.cross_entropy, "torch-chunked": F.linear_cross_entropy with
+    """{"torch": F.linear + F.cross_entropy, "fastsm.torch": fastsm.torch's
+    linear_cross_entropy, "torch-chunked": F.linear_cross_entropy with
     LinearCrossEntropyOptions (torch >= 2.13), where it exists}; forward + backward for
     the _with_grad op."""
     import torch
@@ -257,7 +280,11 @@ def _torch_linear(op, x, target):
     functional = torch.nn.functional
     hidden, weight = (torch.from_numpy(a) for a in x)
     tt = torch.from_numpy(target)
-    fns = {"torch": lambda h, w: functional.cross_entropy(functional.linear(h, w), tt)}
+    import fastsm.torch as fastsm_torch
+
+    fns = {"torch": lambda h, w: functional.cross_entropy(functional.linear(h, w), tt),
+           # fastsm's chunked loss in a torch training loop: the products on torch's BLAS
+           "fastsm.torch": lambda h, w: fastsm_torch.linear_cross_entropy(h, w, tt)}
     options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
     if options is not None and hasattr(functional, "linear_cross_entropy"):
         fns["torch-chunked"] = lambda h, w: functional.linear_cross_entropy(
@@ -287,23 +314,28 @@ def _torch_fn(op, x, axis, target, threads):
     torch.set_num_threads(threads)
     if op in LINEAR_OPS:
         return _torch_linear(op, x, target)
-    xt = torch.from_numpy(x)
+    bf16 = x.dtype.name == "bfloat16"  # torch shares ml_dtypes' bits, not its dtype
+    xt = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) if bf16 else torch.from_numpy(x)
+
+    def back(t):
+        return t.view(torch.int16).numpy().view(x.dtype) if bf16 else t.numpy()
+
     if op == "softmax":
-        return lambda: torch.softmax(xt, axis).numpy()
+        return lambda: back(torch.softmax(xt, axis))
     if op == "log_softmax":
-        return lambda: torch.log_softmax(xt, axis).numpy()
+        return lambda: back(torch.log_softmax(xt, axis))
     if op == "logsumexp":
-        return lambda: torch.logsumexp(xt, axis).numpy()
+        return lambda: back(torch.logsumexp(xt, axis))
     tt = torch.from_numpy(target)
     f = torch.nn.functional.cross_entropy
     if op == "cross_entropy":
-        return lambda: f(xt, tt).numpy()
+        return lambda: back(f(xt, tt))
 
     def fused():
         leaf = xt.detach().requires_grad_()
         loss = f(leaf, tt)
         loss.backward()
-        return loss.detach().numpy(), leaf.grad.numpy()
+        return back(loss.detach()), back(leaf.grad)
 
     return fused
 
@@ -311,6 +343,8 @@ def _torch_fn(op, x, axis, target, threads):
 def _scipy_fn(op, x, axis, target, threads):
     import scipy.special as sp
 
+    if op in LINEAR_OPS or x.dtype.itemsize == 2:  # half: scipy computes in its own dtype
+        return None
     if op in ("softmax", "log_softmax", "logsumexp"):
         fn = getattr(sp, op)
         return lambda: fn(x, axis=axis)
@@ -321,7 +355,7 @@ def _jax_fn(op, x, axis, target, threads):
     import jax
     import jax.numpy as jnp
 
-    if op in LINEAR_OPS:
+    if op in LINEAR_OPS or x.dtype.itemsize == 2:  # (half: not measured here yet)
         return None
     jax.config.update("jax_enable_x64", True)
     xj = jnp.asarray(x)
@@ -478,7 +512,7 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
             break
     ref = reference(op, x, axis, target)
     nbytes = traffic_bytes(op, x)
-    cell = Cell(op, shape_text, np.dtype(dtype).name, threads)
+    cell = Cell(op, shape_text, as_dtype(dtype).name, threads)
     med = {name: float(np.median(s)) for name, s in samples.items()}
     for name in fns:
         res = Result(name, med[name], first[name], nbytes / med[name] / 1e9,
@@ -717,7 +751,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="e.g. 4096x1000,64x128,1000x512@0 (@axis); linear ops: tokens x "
                         "hidden : vocabulary, e.g. 4096x1024:32000 (default "
                         f"{','.join(LINEAR_SHAPES)})")
-    p.add_argument("--dtypes", default=None, help="default float32,float64 (--quick: float32)")
+    p.add_argument("--dtypes", default=None, help="comma-separated, of " + ",".join(DTYPES)
+                   + " (bfloat16: ml_dtypes); default float32,float64 (--quick: float32)")
     p.add_argument("--threads", type=int, default=None, help="threads for every contender")
     p.add_argument("--backends", default=None, help="fastsm backends (default: all available)")
     p.add_argument("--peers", default="torch,scipy,jax",
@@ -754,9 +789,16 @@ def _checked(args, p):
         except ValueError as exc:
             p.error(str(exc))
     dtypes = (args.dtypes or ("float32" if args.quick else "float32,float64")).split(",")
-    bad = [d for d in dtypes if d not in ("float32", "float64")]
+    bad = [d for d in dtypes if d not in DTYPES]
     if bad:
-        p.error(f"unknown dtype(s) {bad}; expected float32 and/or float64")
+        p.error(f"unknown dtype(s) {bad}; expected some of {list(DTYPES)}")
+    if "bfloat16" in dtypes:
+        try:
+            as_dtype("bfloat16")
+        except ImportError:
+            p.error("--dtypes bfloat16 needs ml_dtypes: pip install -e '.[half]'")
+    if any(o in LINEAR_OPS for o in ops) and set(dtypes) - {"float32", "float64"}:
+        p.error("the linear ops take float32 or float64")
     peers = [q for q in args.peers.split(",") if q and q != "none"]
     if set(peers) - set(PEERS):
         p.error(f"unknown peer(s) {sorted(set(peers) - set(PEERS))}; expected some of {list(PEERS)} or none")

@@ -39,6 +39,17 @@ array with ``b >= 16``, reduced over its middle axis, with no transposed copy:
     log_softmax_cols(x, out, nthreads)     out: (a, R, b)
     logsumexp_cols(x, out, nthreads)       out: (a, b)
 
+Optional, for 16-bit floats (the front uses them where a module has them, else it computes
+on a float32 copy): ``HALF_KINDS``, a dict {dtype name: code} ("float16", "bfloat16"), and
+the kernels above on the data's bits as uint16 arrays, computed in float32, each result
+rounded to nearest even:
+
+    softmax_half(x, out, code, nthreads)   log_softmax_half(...)   logsumexp_half(...)
+    ce_index_half(x, code, target, weight, ignore_index, smoothing, scale, loss, grad,
+                  z_coef, lse, correct, nthreads)
+    ce_soft_half(x, code, target, weight, smoothing, scale, loss, grad, z_coef, lse,
+                 nthreads)                (target: the same 16-bit type as x; grad: it too)
+
 Cross-entropy, per row r (``target``: int64 (n,) for ce_index, already in [0, K) or equal
 to ignore_index; x.dtype (n, K) probabilities for ce_soft; ``weight``: float64 (K,);
 ``loss``: float64 (n,); ``grad``: None or x.dtype (n, K)):

@@ -12,7 +12,8 @@ Design
   is the front's choice (fastsm/_parallel.py); this module never starts a team for
   ``nthreads=1``, which is what a forked child is given.
 - Per-thread scratch lives on each thread's stack inside the C kernels (short-row blocks
-  of 2048 elements), so nothing here allocates.
+  of 2048 elements), so nothing here allocates; the half-precision kernels (``*_half``)
+  allocate one float32 block (32 KiB, or one row) per chunk of rows in C.
 - One def entry per kernel with a fused (float/double) memoryview signature.
 - ``*_cols``: a reduction over an axis that is not last, on the (a, R, b) view of a
   C-contiguous array, in tasks of 256 columns (rowops_impl.h, ``cols``).  1000x512 along
@@ -23,7 +24,7 @@ Design
 """
 
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t
 
 cdef extern from "rowops.h" nogil:
     void fsm_softmax_f32(const float *x, float *out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
@@ -67,6 +68,14 @@ cdef extern from "rowops.h" nogil:
     void fsm_from_lse_parts_f64(const double *x, const double *m, const double *L, double *out,
                                 int log_out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
     const char *fsm_isa()
+    void fsm_half_convert(const void *src, void *dst, Py_ssize_t n, int kind, int widen,
+                          int portable)
+    int fsm_rows_half(int op, const uint16_t *x, uint16_t *out, int kind, Py_ssize_t r0,
+                      Py_ssize_t r1, Py_ssize_t K)
+    int fsm_ce_half(const uint16_t *x, int kind, const int64_t *index, const uint16_t *soft,
+                    const double *weight, int64_t ignore_index, double eps, double scale,
+                    double *loss, uint16_t *grad, double z_coef, double *lse, uint8_t *correct,
+                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
 
 cdef extern from *:
     """
@@ -269,6 +278,14 @@ cdef struct _CeArgs:
     uint8_t *correct       # (n,) or NULL (index targets only)
 
 
+cdef inline void _ce_args(_CeArgs *a, const int64_t *index, const void *soft, const double *w,
+                          int64_t ign, double eps, double scale, double z_coef, double *loss,
+                          void *grad, double *lse, uint8_t *correct) noexcept:
+    a.index, a.soft, a.w, a.ign = index, soft, w, ign
+    a.eps, a.scale, a.z_coef, a.loss = eps, scale, z_coef, loss
+    a.grad, a.lse, a.correct = grad, lse, correct
+
+
 cdef inline void _ce_rows(const real *x, const _CeArgs *a, Py_ssize_t r0, Py_ssize_t r1,
                           Py_ssize_t k) noexcept nogil:
     if real is float:
@@ -310,11 +327,9 @@ def ce_index(const real[:, ::1] x, const int64_t[::1] target, const double[::1] 
              int nthreads=1):
     """Per-row cross-entropy against class indices; see fastsm/kernels/__init__.py."""
     cdef _CeArgs a
-    a.index, a.soft, a.w, a.ign = &target[0], NULL, &weight[0], ignore_index
-    a.eps, a.scale, a.z_coef, a.loss = smoothing, scale, z_coef, &loss[0]
-    a.grad = NULL if grad is None else <void *>&grad[0, 0]
-    a.lse = NULL if lse is None else &lse[0]
-    a.correct = NULL if correct is None else &correct[0]
+    _ce_args(&a, &target[0], NULL, &weight[0], ignore_index, smoothing, scale, z_coef,
+             &loss[0], NULL if grad is None else <void *>&grad[0, 0],
+             NULL if lse is None else &lse[0], NULL if correct is None else &correct[0])
     with nogil:
         _run_ce(&x[0, 0], &a, x.shape[0], x.shape[1], nthreads)
 
@@ -324,13 +339,114 @@ def ce_soft(const real[:, ::1] x, const real[:, ::1] target, const double[::1] w
             double z_coef, double[::1] lse, int nthreads=1):
     """Per-row cross-entropy against probabilities; see fastsm/kernels/__init__.py."""
     cdef _CeArgs a
-    a.index, a.soft, a.w, a.ign = NULL, <const void *>&target[0, 0], &weight[0], 0
-    a.eps, a.scale, a.z_coef, a.loss = smoothing, scale, z_coef, &loss[0]
-    a.grad = NULL if grad is None else <void *>&grad[0, 0]
-    a.lse = NULL if lse is None else &lse[0]
-    a.correct = NULL
+    _ce_args(&a, NULL, <const void *>&target[0, 0], &weight[0], 0, smoothing, scale, z_coef,
+             &loss[0], NULL if grad is None else <void *>&grad[0, 0],
+             NULL if lse is None else &lse[0], NULL)
     with nogil:
         _run_ce(&x[0, 0], &a, x.shape[0], x.shape[1], nthreads)
+
+
+# ---- float16 / bfloat16 (optional in the kernel contract): 16-bit storage passed as
+# uint16 views, ``kind`` 0 = float16, 1 = bfloat16; computed in float32 block by block
+# (rowops.c).  Same chunks and threads as the float32 kernels.
+HALF_KINDS = {"float16": 0, "bfloat16": 1}
+
+
+cdef struct _HalfArgs:
+    int op                 # 0 softmax, 1 log_softmax, 2 logsumexp, 3 cross-entropy
+    int kind
+    const uint16_t *x
+    uint16_t *out          # (n, K), (n,) for logsumexp, unused for cross-entropy
+    Py_ssize_t k
+    const _CeArgs *ce
+
+
+cdef int _half_rows(const _HalfArgs *h, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef const _CeArgs *a = h.ce
+    if h.op != 3:
+        return fsm_rows_half(h.op, h.x, h.out, h.kind, r0, r1, h.k)
+    return fsm_ce_half(h.x, h.kind, a.index, <const uint16_t *>a.soft, a.w, a.ign, a.eps,
+                       a.scale, a.loss, <uint16_t *>a.grad, a.z_coef, a.lse, a.correct,
+                       r0, r1, h.k)
+
+
+cdef int _run_half(const _HalfArgs *h, Py_ssize_t n, int nthreads) noexcept nogil:
+    """0, or how many chunks found no memory for their float32 block."""
+    cdef int nt = _threads_for(n, h.k, nthreads)
+    cdef Py_ssize_t c, per, r0, r1
+    cdef int bad = 0
+    if nt == 1:
+        return _half_rows(h, 0, n)
+    per = _chunk_rows(n, h.k, nt)
+    for c in prange((n + per - 1) // per, num_threads=nt, schedule="dynamic"):
+        r0 = c * per
+        r1 = r0 + per
+        if r1 > n:
+            r1 = n
+        bad += _half_rows(h, r0, r1) != 0
+    return bad
+
+
+cdef _half(int op, const uint16_t *x, uint16_t *out, int kind, Py_ssize_t n, Py_ssize_t k,
+           const _CeArgs *ce, int nthreads):
+    cdef _HalfArgs h
+    cdef int bad
+    h.op, h.kind, h.x, h.out, h.k, h.ce = op, kind, x, out, k, ce
+    with nogil:
+        bad = _run_half(&h, n, nthreads)
+    if bad:
+        raise MemoryError("fastsm: no memory for a float32 block of the half-precision rows")
+
+
+def softmax_half(const uint16_t[:, ::1] x, uint16_t[:, ::1] out, int kind, int nthreads=1):
+    """softmax of float16 (kind 0) / bfloat16 (kind 1) rows given as their bits."""
+    _half(0, &x[0, 0], &out[0, 0], kind, x.shape[0], x.shape[1], NULL, nthreads)
+
+
+def log_softmax_half(const uint16_t[:, ::1] x, uint16_t[:, ::1] out, int kind,
+                     int nthreads=1):
+    _half(1, &x[0, 0], &out[0, 0], kind, x.shape[0], x.shape[1], NULL, nthreads)
+
+
+def logsumexp_half(const uint16_t[:, ::1] x, uint16_t[::1] out, int kind, int nthreads=1):
+    _half(2, &x[0, 0], &out[0], kind, x.shape[0], x.shape[1], NULL, nthreads)
+
+
+def ce_index_half(const uint16_t[:, ::1] x, int kind, const int64_t[::1] target,
+                  const double[::1] weight, int64_t ignore_index, double smoothing,
+                  double scale, double[::1] loss, uint16_t[:, ::1] grad, double z_coef,
+                  double[::1] lse, uint8_t[::1] correct, int nthreads=1):
+    """ce_index on float16 / bfloat16 logits (and gradient), computed in float32."""
+    cdef _CeArgs a
+    _ce_args(&a, &target[0], NULL, &weight[0], ignore_index, smoothing, scale, z_coef,
+             &loss[0], NULL if grad is None else <void *>&grad[0, 0],
+             NULL if lse is None else &lse[0], NULL if correct is None else &correct[0])
+    _half(3, &x[0, 0], NULL, kind, x.shape[0], x.shape[1], &a, nthreads)
+
+
+def ce_soft_half(const uint16_t[:, ::1] x, int kind, const uint16_t[:, ::1] target,
+                 const double[::1] weight, double smoothing, double scale, double[::1] loss,
+                 uint16_t[:, ::1] grad, double z_coef, double[::1] lse, int nthreads=1):
+    """ce_soft on float16 / bfloat16 logits and probabilities, computed in float32."""
+    cdef _CeArgs a
+    _ce_args(&a, NULL, <const void *>&target[0, 0], &weight[0], 0, smoothing, scale, z_coef,
+             &loss[0], NULL if grad is None else <void *>&grad[0, 0],
+             NULL if lse is None else &lse[0], NULL)
+    _half(3, &x[0, 0], NULL, kind, x.shape[0], x.shape[1], &a, nthreads)
+
+
+def half_widen(const uint16_t[::1] half, float[::1] single, int kind, bint portable=False):
+    """single[i] = half[i] as float32 (exact): the conversion the half kernels read with
+    (``portable``: the integer code, not the CPU's float16 instructions), for the tests."""
+    with nogil:
+        fsm_half_convert(&half[0], &single[0], half.shape[0], kind, 1, portable)
+
+
+def half_round(const float[::1] single, uint16_t[::1] half, int kind, bint portable=False):
+    """half[i] = single[i] rounded to nearest even: the conversion the half kernels write
+    with."""
+    with nogil:
+        fsm_half_convert(&single[0], &half[0], half.shape[0], kind, 0, portable)
 
 
 def info():

@@ -32,6 +32,7 @@
  *   ifunc).  Elsewhere one baseline build is made.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "rowops.h"
@@ -153,4 +154,267 @@ const char *fsm_isa(void)
 #else
     return "single portable build (no runtime dispatch)";
 #endif
+}
+
+/* ---- Half precision: float16 and bfloat16 storage, float32 compute ----
+ *
+ * The rows are read and written as 16-bit values: a block of rows (FSM_HALF_BLOCK floats,
+ * L1/L2-resident) is widened into a float32 buffer, the float32 kernel above runs on it,
+ * and its results are rounded back (to nearest, ties to even) into the half output, so
+ * memory sees 2 bytes per element each way and the float32 path is the one tested.
+ * The conversions are integer and float arithmetic that vectorises in every clone (gcc 12
+ * turns a `_Float16` cast into one scalar vcvtph2ps per element, and a float multiply by
+ * 2^k of a subnormal would read 0 under a caller's denormals-are-zero mode): float16
+ * subnormals go through an exact int -> float conversion and a rounding by the
+ * 1.5 * 2^23 trick, NaN stays NaN (quiet), beyond 65504 rounds to inf as IEEE says. */
+#define FSM_HALF_BLOCK 8192
+
+FSM_INLINE float fsm_bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+FSM_INLINE uint32_t fsm_f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+FSM_INLINE float fsm_f16_to_f32(uint16_t h)
+{
+    uint32_t em = h & 0x7fffu, sign = (uint32_t)(h & 0x8000u) << 16;
+    /* normal: rebias the exponent (127 - 15); inf/NaN: exponent all ones */
+    uint32_t bits = (em << 13) + (em >= 0x7c00u ? 0x70000000u : 0x38000000u);
+    float tiny = (float)(int32_t)em * 5.9604644775390625e-08f; /* subnormal: em * 2^-24 */
+    float f = em < 0x0400u ? tiny : fsm_bits_f32(bits);
+    return fsm_bits_f32(fsm_f32_bits(f) | sign);
+}
+
+FSM_INLINE uint16_t fsm_f32_to_f16(float f)
+{
+    uint32_t u = fsm_f32_bits(f), a = u & 0x7fffffffu, sign = (u >> 16) & 0x8000u;
+    /* normal half: drop 13 mantissa bits, rounding to nearest even (a carry into the
+     * exponent is right, up to inf at 65520) */
+    uint32_t normal = (a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13;
+    /* below 2^-14: the multiple of 2^-24 nearest to |f| (ties to even, by the float add) */
+    float scaled = fsm_bits_f32(a) * 16777216.0f + 12582912.0f;
+    uint32_t sub = fsm_f32_bits(scaled) - 0x4b400000u;
+    uint32_t r = a < 0x38800000u ? sub : (a >= 0x47800000u ? 0x7c00u : normal);
+    r = a > 0x7f800000u ? 0x7e00u : r;
+    return (uint16_t)(r | sign);
+}
+
+FSM_INLINE float fsm_bf16_to_f32(uint16_t h)
+{
+    return fsm_bits_f32((uint32_t)h << 16);
+}
+
+FSM_INLINE uint16_t fsm_f32_to_bf16(float f)
+{
+    uint32_t u = fsm_f32_bits(f);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r);
+}
+
+/* float16 by the CPU's own conversions where it has them (F16C: vcvtph2ps / vcvtps2ph, one
+ * instruction per 8 or 16 values, rounding to nearest even, NaN kept quiet); the integer
+ * code above otherwise (and for every bfloat16: a shift one way, an add and a shift the
+ * other).  Measured in the 32 KiB blocks of fsm_rows_half, softmax 4096x1000, 2 threads:
+ * see the closing note of the half-precision work. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FSM_NO_CLONES)
+#include <immintrin.h>
+#define FSM_F16_HW 1
+static __attribute__((target("avx512f"))) void fsm_f16_widen_512(const uint16_t *h, float *f,
+                                                                 ptrdiff_t n)
+{
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+    for (; i < n; i++)
+        f[i] = fsm_f16_to_f32(h[i]);
+}
+
+static __attribute__((target("avx512f"))) void fsm_f16_round_512(const float *f, uint16_t *h,
+                                                                 ptrdiff_t n)
+{
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(h + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(f + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        h[i] = fsm_f32_to_f16(f[i]);
+}
+
+static __attribute__((target("avx,f16c"))) void fsm_f16_widen_256(const uint16_t *h, float *f,
+                                                                  ptrdiff_t n)
+{
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; i++)
+        f[i] = fsm_f16_to_f32(h[i]);
+}
+
+static __attribute__((target("avx,f16c"))) void fsm_f16_round_256(const float *f, uint16_t *h,
+                                                                  ptrdiff_t n)
+{
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(h + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(f + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        h[i] = fsm_f32_to_f16(f[i]);
+}
+
+/* 2: AVX-512, 1: AVX + F16C, 0: neither (set once; a racing first call writes the same) */
+static int fsm_f16_level(void)
+{
+    static volatile int level = -1;
+    if (level < 0) {
+        __builtin_cpu_init();
+        level = __builtin_cpu_supports("avx512f") ? 2
+                : (__builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c")) ? 1 : 0;
+    }
+    return level;
+}
+#else
+#define FSM_F16_HW 0
+#endif
+
+static FSM_CLONES void fsm_half_widen_portable(const uint16_t *h, float *f, ptrdiff_t n,
+                                                int kind)
+{
+    if (kind == FSM_BF16) {
+#pragma omp simd
+        for (ptrdiff_t i = 0; i < n; i++)
+            f[i] = fsm_bf16_to_f32(h[i]);
+    } else {
+#pragma omp simd
+        for (ptrdiff_t i = 0; i < n; i++)
+            f[i] = fsm_f16_to_f32(h[i]);
+    }
+}
+
+static FSM_CLONES void fsm_half_round_portable(const float *f, uint16_t *h, ptrdiff_t n,
+                                                int kind)
+{
+    if (kind == FSM_BF16) {
+#pragma omp simd
+        for (ptrdiff_t i = 0; i < n; i++)
+            h[i] = fsm_f32_to_bf16(f[i]);
+    } else {
+#pragma omp simd
+        for (ptrdiff_t i = 0; i < n; i++)
+            h[i] = fsm_f32_to_f16(f[i]);
+    }
+}
+
+static void fsm_half_widen(const uint16_t *h, float *f, ptrdiff_t n, int kind)
+{
+#if FSM_F16_HW
+    int level = kind == FSM_F16 ? fsm_f16_level() : 0;
+    if (level == 2) {
+        fsm_f16_widen_512(h, f, n);
+        return;
+    }
+    if (level == 1) {
+        fsm_f16_widen_256(h, f, n);
+        return;
+    }
+#endif
+    fsm_half_widen_portable(h, f, n, kind);
+}
+
+static void fsm_half_round(const float *f, uint16_t *h, ptrdiff_t n, int kind)
+{
+#if FSM_F16_HW
+    int level = kind == FSM_F16 ? fsm_f16_level() : 0;
+    if (level == 2) {
+        fsm_f16_round_512(f, h, n);
+        return;
+    }
+    if (level == 1) {
+        fsm_f16_round_256(f, h, n);
+        return;
+    }
+#endif
+    fsm_half_round_portable(f, h, n, kind);
+}
+
+void fsm_half_convert(const void *src, void *dst, ptrdiff_t n, int kind, int widen, int portable)
+{
+    if (widen && portable)
+        fsm_half_widen_portable((const uint16_t *)src, (float *)dst, n, kind);
+    else if (widen)
+        fsm_half_widen((const uint16_t *)src, (float *)dst, n, kind);
+    else if (portable)
+        fsm_half_round_portable((const float *)src, (uint16_t *)dst, n, kind);
+    else
+        fsm_half_round((const float *)src, (uint16_t *)dst, n, kind);
+}
+
+/* rows per block and the float buffers one block needs (NULL: out of memory) */
+static ptrdiff_t fsm_half_rows(ptrdiff_t K)
+{
+    return K >= FSM_HALF_BLOCK ? 1 : FSM_HALF_BLOCK / K;
+}
+
+int fsm_rows_half(int op, const uint16_t *x, uint16_t *out, int kind, ptrdiff_t r0,
+                  ptrdiff_t r1, ptrdiff_t K)
+{
+    ptrdiff_t B = fsm_half_rows(K);
+    float *buf = (float *)malloc((size_t)(B * K + B) * sizeof(float));
+    if (!buf)
+        return -1;
+    float *lse = buf + B * K;
+    for (ptrdiff_t rb = r0; rb < r1; rb += B) {
+        ptrdiff_t nb = (r1 - rb < B) ? r1 - rb : B;
+        fsm_half_widen(x + rb * K, buf, nb * K, kind);
+        if (op == FSM_HALF_LOGSUMEXP) {
+            fsm_logsumexp_f32(buf, lse, 0, nb, K);
+            fsm_half_round(lse, out + rb, nb, kind);
+            continue;
+        }
+        if (op == FSM_HALF_SOFTMAX)
+            fsm_softmax_f32(buf, buf, 0, nb, K);
+        else
+            fsm_log_softmax_f32(buf, buf, 0, nb, K);
+        fsm_half_round(buf, out + rb * K, nb * K, kind);
+    }
+    free(buf);
+    return 0;
+}
+
+int fsm_ce_half(const uint16_t *x, int kind, const int64_t *index, const uint16_t *soft,
+                const double *weight, int64_t ignore_index, double eps, double scale,
+                double *loss, uint16_t *grad, double z_coef, double *lse, uint8_t *correct,
+                ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K)
+{
+    ptrdiff_t B = fsm_half_rows(K);
+    size_t parts = 1 + (grad != NULL) + (soft != NULL);
+    float *buf = (float *)malloc(parts * (size_t)(B * K) * sizeof(float));
+    if (!buf)
+        return -1;
+    float *g = grad ? buf + B * K : NULL;
+    float *t = soft ? buf + (parts - 1) * B * K : NULL;
+    for (ptrdiff_t rb = r0; rb < r1; rb += B) {
+        ptrdiff_t nb = (r1 - rb < B) ? r1 - rb : B;
+        fsm_half_widen(x + rb * K, buf, nb * K, kind);
+        if (index) {
+            fsm_ce_index_f32(buf, index + rb, weight, ignore_index, eps, scale, loss + rb, g,
+                             z_coef, lse ? lse + rb : NULL, correct ? correct + rb : NULL, 0,
+                             nb, K);
+        } else {
+            fsm_half_widen(soft + rb * K, t, nb * K, kind);
+            fsm_ce_soft_f32(buf, t, weight, eps, scale, loss + rb, g, z_coef,
+                            lse ? lse + rb : NULL, 0, nb, K);
+        }
+        if (grad)
+            fsm_half_round(g, grad + rb * K, nb * K, kind);
+    }
+    free(buf);
+    return 0;
 }

@@ -36,6 +36,23 @@
 FSM_DECLARE(float, f32)
 FSM_DECLARE(double, f64)
 
+/* float16 / bfloat16 storage, float32 compute (rowops.c): rows [r0, r1) of 16-bit data
+ * through the float32 kernels a block at a time.  0, or -1 when out of memory. */
+enum { FSM_F16 = 0, FSM_BF16 = 1 };
+enum { FSM_HALF_SOFTMAX = 0, FSM_HALF_LOG_SOFTMAX = 1, FSM_HALF_LOGSUMEXP = 2 };
+int fsm_rows_half(int op, const uint16_t *x, uint16_t *out, int kind, ptrdiff_t r0,
+                  ptrdiff_t r1, ptrdiff_t K);
+/* index targets (soft NULL) or probability targets in the same half type (index NULL);
+ * grad NULL or (n, K) half; everything else as fsm_ce_index_f32 / fsm_ce_soft_f32 */
+int fsm_ce_half(const uint16_t *x, int kind, const int64_t *index, const uint16_t *soft,
+                const double *weight, int64_t ignore_index, double eps, double scale,
+                double *loss, uint16_t *grad, double z_coef, double *lse, uint8_t *correct,
+                ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K);
+/* n values: half -> float32 (widen) or float32 -> half, rounded to nearest even; portable:
+ * the integer code even where the CPU converts float16 itself (for the tests) */
+void fsm_half_convert(const void *src, void *dst, ptrdiff_t n, int kind, int widen,
+                      int portable);
+
 /* Which instruction set the dispatcher picked at load time (for show_config). */
 const char *fsm_isa(void);
 

@@ -1,0 +1,182 @@
+"""float16 and bfloat16 (``ml_dtypes``): 16-bit in and out, float32 inside, every backend.
+
+Backends with half kernels (``HALF_KINDS``: cython) read and write the 16-bit values
+themselves; the others go through a float32 copy.  Either way the bar is the issue's:
+each result within 1 ulp of the half type of the exact value (the long-double oracle on
+the half input, which widens exactly), over the shared array generator; the
+cross-entropy's gradient, whose float32 value carries cancellation near p = 1, within
+1 ulp of the half type of the same backend's float32 gradient (itself held to the oracle
+by test_cross_entropy.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastsm
+from fastsm import _registry
+
+from . import oracle
+from .arrays import cases
+
+try:
+    import ml_dtypes
+except ImportError:  # the [half] extra is absent: bfloat16 cases skip
+    ml_dtypes = None
+
+HALF = ["float16", "bfloat16"]
+NATIVE = [name for name in fastsm.backends()
+          if getattr(_registry.load(name), "HALF_KINDS", None)]
+
+
+def _dtype(name):
+    if name == "bfloat16":
+        if ml_dtypes is None:
+            pytest.skip("bfloat16 needs ml_dtypes (pip install -e '.[half]')")
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _wide(a):
+    return np.asarray(a).astype(np.float32).astype(np.longdouble)
+
+
+def _ulp(ref, dt):
+    """The half type's spacing at |ref| rounded to it (inf at its largest finite value)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mag = np.abs(np.asarray(ref, np.float64)).astype(np.float32).astype(dt)
+        bits = mag.view(np.uint16)
+        up = np.where(bits < 0x7fff, bits + 1, bits).astype(np.uint16).view(dt)
+        return _wide(up) - _wide(mag)
+
+
+def assert_within_one_ulp(actual, ref, dt, what):
+    actual, ref = np.asarray(actual), np.asarray(ref, np.longdouble)
+    assert actual.dtype == dt, f"{what}: dtype {actual.dtype}, expected {dt}"
+    a = _wide(actual)
+    assert np.array_equal(np.isnan(a), np.isnan(ref)), f"{what}: NaN positions differ"
+    fin = np.isfinite(ref) & ~np.isnan(a)
+    with np.errstate(over="ignore"):
+        rounds_to_inf = np.isinf(_wide(ref.astype(np.float64).astype(np.float32).astype(dt)))
+    inf = np.isinf(ref) | (fin & rounds_to_inf)
+    assert np.array_equal(a[inf], _wide(ref[inf].astype(np.float64).astype(np.float32)
+                                        .astype(dt))), f"{what}: inf mismatch"
+    fin &= ~rounds_to_inf
+    err = np.abs(a[fin] - ref[fin])
+    bar = _ulp(ref[fin], dt)
+    if err.size:
+        worst = int(np.argmax(err - bar))
+        assert (err <= bar).all(), (f"{what}: error {float(err[worst]):.3g} > 1 ulp "
+                                    f"{float(bar[worst]):.3g} at {float(ref[fin][worst]):.6g}")
+
+
+@pytest.mark.parametrize("half", HALF)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_every_case_within_one_half_ulp(backend, half, op):
+    dt = _dtype(half)
+    checked = 0
+    for case, x, axis in cases(dt):
+        got = getattr(fastsm, op)(x, axis=axis, backend=backend)
+        ref = getattr(oracle, op)(x, axis)
+        assert_within_one_ulp(got, ref, dt, f"{backend} {op} {case}")
+        assert got.shape == ref.shape
+        checked += 1
+    assert checked > 500
+
+
+@pytest.mark.parametrize("half", HALF)
+@pytest.mark.parametrize("shape", [(37, 9), (33, 130), (3, 9000), (4, 5, 6)])
+def test_cross_entropy_within_one_half_ulp(backend, half, shape):
+    dt = _dtype(half)
+    rng = np.random.default_rng(len(shape) + shape[-1])
+    x = (rng.standard_normal(shape) * 3).astype(dt)
+    x.reshape(-1, shape[-1])[::7, 0] = -np.inf  # masked classes
+    target = rng.integers(0, shape[-1], shape[:-1])
+    target.reshape(-1)[::5] = -100
+    soft = rng.random(shape)
+    soft = (soft / soft.sum(-1, keepdims=True)).astype(dt)
+    x32 = x.astype(np.float32)
+    for tgt, options in ((target, {}), (target, {"label_smoothing": 0.1, "z_loss": 1e-3}),
+                         (soft, {})):
+        for reduction in ("none", "mean"):
+            what = f"{backend} ce {shape} {tgt.dtype} {options} {reduction}"
+            loss, grad = fastsm.cross_entropy_with_grad(x, tgt, reduction=reduction,
+                                                        backend=backend, **options)
+            t32 = tgt.astype(np.float32) if tgt is soft else tgt
+            loss32, grad32 = fastsm.cross_entropy_with_grad(x32, t32, reduction=reduction,
+                                                            backend=backend, **options)
+            assert_within_one_ulp(grad, grad32, dt, what + " grad")
+            assert_within_one_ulp(loss, loss32, dt, what + " loss")
+            if not options:
+                assert_within_one_ulp(loss, oracle.cross_entropy(x, t32, reduction), dt,
+                                      what + " loss vs oracle")
+            assert np.array_equal(fastsm.cross_entropy(x, tgt, reduction=reduction,
+                                                       backend=backend, **options), loss)
+
+
+@pytest.mark.parametrize("half", HALF)
+def test_half_results_are_the_float32_ones_rounded(backend, half):
+    """Computed in float32, rounded once: equal to the float32 result cast to the half
+    type (NumPy's / ml_dtypes' round-to-nearest-even) for every element; out= and in place
+    too."""
+    dt = _dtype(half)
+    x = (np.random.default_rng(5).standard_normal((300, 77)) * 4).astype(dt)
+    for op in ("softmax", "log_softmax", "logsumexp"):
+        want = getattr(fastsm, op)(x.astype(np.float32), backend=backend).astype(dt)
+        got = getattr(fastsm, op)(x, backend=backend)
+        np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16), op)
+    out = np.empty_like(x)
+    assert fastsm.softmax(x, out=out, backend=backend) is out
+    y = x.copy()
+    assert fastsm.log_softmax(y, out=y, backend=backend) is y
+    np.testing.assert_array_equal(
+        y.view(np.uint16), fastsm.log_softmax(x.astype(np.float32)).astype(dt).view(np.uint16))
+    np.testing.assert_array_equal(x, (np.random.default_rng(5).standard_normal((300, 77))
+                                      * 4).astype(dt))  # input untouched
+
+
+@pytest.mark.skipif(not NATIVE, reason="no backend with half kernels loads here")
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("half", HALF)
+def test_half_conversions_match_numpy_bit_for_bit(half, portable):
+    """The kernels' own conversions (the CPU's float16 instructions where it has them, and
+    the portable integer code): every one of the 65536 half values widened, and float32
+    values rounded (ties to even at every exponent, subnormals, overflow to inf, NaN kept),
+    against NumPy's float16 / ml_dtypes' bfloat16 casts."""
+    dt = _dtype(half)
+    mod = _registry.load(NATIVE[0])
+    code = mod.HALF_KINDS[half]
+    every = np.arange(65536, dtype=np.uint16)
+    wide = np.empty(65536, np.float32)
+    mod.half_widen(every, wide, code, portable)
+    want = every.view(dt).astype(np.float32)
+    same = (wide.view(np.uint32) == want.view(np.uint32)) | (np.isnan(wide) & np.isnan(want))
+    assert same.all(), every[~same][:5]
+    # float32 inputs: the midpoints between neighbouring half values (exact ties) and
+    # their float32 neighbours, plus random bit patterns
+    finite = want[np.isfinite(want) & (every < 0x7fff)].astype(np.float64)
+    finite = np.unique(finite)
+    mid = ((finite[:-1] + finite[1:]) / 2).astype(np.float32)
+    near = np.concatenate([mid, np.nextafter(mid, np.float32(np.inf)),
+                           np.nextafter(mid, np.float32(-np.inf))])
+    rng = np.random.default_rng(0)
+    rand = rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([near, -near, rand, np.float32([np.inf, -np.inf, np.nan, 0.0, -0.0,
+                                                       65504, 65519.99, 65520, 1e-8, 3e38])])
+    got = np.empty(x.size, np.uint16)
+    mod.half_round(x, got, code, portable)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expect = x.astype(dt).view(np.uint16)
+    nan = np.isnan(x)
+    assert np.isnan(got[nan].view(dt).astype(np.float32)).all()
+    bad = (got != expect) & ~nan
+    assert not bad.any(), (x[bad][:5], got[bad][:5], expect[bad][:5])
+
+
+def test_bfloat16_is_recognised_without_fastsm_importing_ml_dtypes():
+    dt = _dtype("bfloat16")
+    x = np.array([[0.0, 1.0, 2.0]], dt)
+    p = fastsm.softmax(x)
+    assert p.dtype == dt
+    np.testing.assert_allclose(p.astype(np.float32), [[0.0900, 0.2447, 0.6652]], rtol=4e-3)
