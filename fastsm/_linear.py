@@ -45,9 +45,10 @@ def _prepare(hidden, weight, target, bias, class_weight, ignore_index, label_smo
              reduction, z_loss, softcap, chunk_size):
     h = np.asarray(hidden)
     w = np.asarray(weight)
-    if h.dtype != w.dtype or h.dtype not in (_F32, _F64):
-        raise TypeError(f"hidden and weight must both be float32 or both float64; got "
-                        f"{h.dtype} and {w.dtype}")
+    if h.dtype != w.dtype or not (h.dtype in (_F32, _F64) or _api._is_half(h.dtype)):
+        raise TypeError(f"hidden and weight must both be float32 or both float64 (or both "
+                        f"float16 / bfloat16); got {h.dtype} and {w.dtype}")
+    compute = _F32 if _api._is_half(h.dtype) else h.dtype
     if w.ndim != 2:
         raise ValueError(f"weight (the classifier) has shape {w.shape}; expected (V, D)")
     if h.ndim < 1 or h.shape[-1] != w.shape[1]:
@@ -63,10 +64,10 @@ def _prepare(hidden, weight, target, bias, class_weight, ignore_index, label_smo
     b = None
     if bias is not None:
         b = np.asarray(bias)
-        if b.shape != (v,) or b.dtype.kind not in "biuf":
+        if b.shape != (v,) or not (b.dtype.kind in "biuf" or _api._is_half(b.dtype)):
             raise ValueError(f"bias has shape {b.shape} and dtype {b.dtype}; expected a real "
                              f"array of shape ({v},)")
-        b = np.ascontiguousarray(b, dtype=h.dtype)
+        b = np.ascontiguousarray(b, dtype=compute)
     eps, ignore_index = _api._check_ce_options(reduction, label_smoothing, ignore_index)
     z, cap = _api._check_lm_options(z_loss, softcap)
     if chunk_size is None:
@@ -77,8 +78,9 @@ def _prepare(hidden, weight, target, bias, class_weight, ignore_index, label_smo
             raise ValueError(f"chunk_size={chunk_size!r}; expected a number of tokens >= 1")
     cw = _api._class_weights(class_weight, v)
     t2, ignored, den, kept = _api._index_targets(t, v, ignore_index, class_weight is not None, cw)
-    return (np.ascontiguousarray(h.reshape(n, d)), np.ascontiguousarray(w), b, t2, ignored,
-            den, kept, cw, eps, ignore_index, z, cap, chunk, batch)
+    # 16-bit inputs: the classifier in float32 once (V x D), the tokens chunk by chunk
+    return (np.ascontiguousarray(h.reshape(n, d)), np.ascontiguousarray(w, dtype=compute), b,
+            t2, ignored, den, kept, cw, eps, ignore_index, z, cap, chunk, batch)
 
 
 class NumpyProducts:
@@ -116,11 +118,13 @@ def _run(hidden, weight, target, bias, class_weight, ignore_index, label_smoothi
                        label_smoothing, reduction, z_loss, softcap, chunk_size)
     n, d = h.shape
     v = w.shape[0]
-    dt = h.dtype
+    dt = w.dtype                  # the compute dtype: float32 for 16-bit inputs
+    result = h.dtype
     scale, z_coef = _api._gradient_scales(reduction, den, kept, z)
     loss_rows = np.zeros(n)
     lse = np.empty(n) if z else None
-    d_h = np.empty((n, d), dt) if want_grad else None
+    d_h = np.empty((n, d), result) if want_grad else None
+    d_h_chunk = np.empty((min(n, chunk), d), dt) if want_grad and result != dt else None
     d_w = np.zeros((v, d), dt) if want_grad else None
     d_b = np.zeros(v) if want_grad and b is not None else None
     buf = np.empty((min(n, chunk), v), dt)
@@ -128,7 +132,7 @@ def _run(hidden, weight, target, bias, class_weight, ignore_index, label_smoothi
     op = "cross_entropy_with_grad" if want_grad else "cross_entropy"
     for first, r0 in enumerate(range(0, n, chunk)):
         rows = slice(r0, min(n, r0 + chunk))
-        hc = h[rows]
+        hc = h[rows] if result == dt else h[rows].astype(dt)
         logits = buf[: hc.shape[0]]
         products.matmul(hc, w.T, logits)
         if b is not None:
@@ -144,18 +148,24 @@ def _run(hidden, weight, target, bias, class_weight, ignore_index, label_smoothi
             continue
         if row_scale is not None:
             g *= row_scale[rows, None].astype(dt)
-        products.matmul(g, w, d_h[rows])
+        if d_h_chunk is None:
+            products.matmul(g, w, d_h[rows])
+        else:
+            products.matmul(g, w, d_h_chunk[: hc.shape[0]])
+            with np.errstate(over="ignore"):
+                d_h[rows] = d_h_chunk[: hc.shape[0]]
         if first == 0:
             products.matmul(g.T, hc, d_w)
         else:
             products.accumulate(d_w, g.T, hc)
         if d_b is not None:
             d_b += g.sum(axis=0, dtype=np.float64)
-    loss = _api._reduce_loss(loss_rows, lse, z, ignored, reduction, den, kept, batch, dt)
+    loss = _api._reduce_loss(loss_rows, lse, z, ignored, reduction, den, kept, batch, result)
     if not want_grad:
         return loss, None, None, None
-    return (loss, d_h.reshape(batch + (d,)), d_w,
-            d_b.astype(dt) if d_b is not None else None)
+    with np.errstate(over="ignore"):
+        return (loss, d_h.reshape(batch + (d,)), d_w.astype(result, copy=False),
+                d_b.astype(result) if d_b is not None else None)
 
 
 def linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100,
@@ -164,8 +174,8 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100
     r"""Cross-entropy of the logits ``hidden @ weight.T + bias`` against class indices,
     without ever holding those logits whole.
 
-    ``hidden`` (..., D) and ``weight`` (V, D), both float32 or both float64; ``bias`` (V,)
-    or None; ``target`` integer class indices of shape (...).  ``class_weight`` is the
+    ``hidden`` (..., D) and ``weight`` (V, D), both float32 or both float64 (or both
+    float16 / bfloat16: computed in float32, results in their dtype); ``bias`` (V,) or None; ``target`` integer class indices of shape (...).  ``class_weight`` is the
     per-class weight (``weight`` of :func:`cross_entropy`; here ``weight`` is the
     classifier).  Every other option as in :func:`cross_entropy` (``softcap`` and
     ``z_loss`` included); probability targets are not taken here.

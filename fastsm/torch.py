@@ -13,7 +13,8 @@ Design
   ``d_weight`` sums over the samples) recomputes with those factors in its backward.
 - torch's conventions: classes on dim 1 for N-d input ``(N, C, d1, ...)`` (and for
   probability targets), index targets ``(N, d1, ...)``, an unbatched ``(C,)`` input with a
-  0-d target; float32 and float64 (float16 computed in float32, as the front does).
+  0-d target; float32 and float64; float16 and bfloat16 (the latter through ml_dtypes)
+  computed in float32 with results in their dtype, as the front does.
 """
 
 from __future__ import annotations
@@ -37,10 +38,22 @@ def _array(t, what):
         return np.asarray(t)
     if t.device.type != "cpu":
         raise ValueError(f"{what} is on {t.device}; fastsm.torch takes CPU tensors")
-    if t.dtype == torch.bfloat16:
-        raise TypeError(f"{what} has dtype torch.bfloat16; expected float32 or float64 "
-                        "(or float16)")
+    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16 of its own: ml_dtypes' shares the bits
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError(f"{what} has dtype torch.bfloat16, which needs ml_dtypes "
+                            "(pip install -e '.[half]')") from None
+        return t.detach().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.detach().numpy()
+
+
+def _from(a):
+    """A NumPy result as a tensor sharing its memory (ml_dtypes' bfloat16 as torch's)."""
+    a = np.asarray(a)
+    if a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _tensor(a):
@@ -77,12 +90,11 @@ class _CrossEntropy(torch.autograd.Function):
         ctx.options = options
         ctx.grads = None
         if not ctx.needs_input_grad[0]:
-            return torch.from_numpy(np.asarray(_CrossEntropy.compute(logits, target, options,
-                                                                     False)))
+            return _from(_CrossEntropy.compute(logits, target, options, False))
         ctx.save_for_backward(logits, target)
         loss, grad = _CrossEntropy.compute(logits, target, options, True)
         ctx.grads = [grad]
-        return torch.from_numpy(np.asarray(loss))
+        return _from(loss)
 
     @staticmethod
     def compute(logits, target, options, want_grad):
@@ -93,7 +105,7 @@ class _CrossEntropy(torch.autograd.Function):
         if not want_grad:
             return fastsm.cross_entropy(x, t, **options)
         loss, grad = fastsm.cross_entropy_with_grad(x, t, **options)
-        return loss, torch.from_numpy(np.ascontiguousarray(_class_first(grad)))
+        return loss, _from(np.ascontiguousarray(_class_first(grad)))
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -149,7 +161,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ctx.grads = grads
         else:  # "none": the backward needs the per-sample factors first
             loss = _LinearCrossEntropy.compute(hidden, weight, target, bias, options, False)[0]
-        return torch.from_numpy(np.asarray(loss))
+        return _from(loss)
 
     @staticmethod
     def compute(hidden, weight, target, bias, options, want_grad, row_scale=None):
@@ -158,7 +170,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             _array(hidden, "hidden"), _array(weight, "weight"), _array(target, "target"),
             None if bias is None else _array(bias, "bias"), want_grad=want_grad,
             row_scale=row_scale, products=_TorchProducts, **options)
-        return [loss] + [None if a is None else torch.from_numpy(a) for a in grads]
+        return [loss] + [None if a is None else _from(a) for a in grads]
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -166,7 +178,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if not as_they_are:
             hidden, weight, target, bias = ctx.saved_tensors
             if ctx.options["reduction"] == "none":
-                factors = grad_output.detach().numpy().reshape(-1).astype(np.float64)
+                factors = grad_output.detach().to(torch.float64).numpy().reshape(-1)
                 grads = _LinearCrossEntropy.compute(hidden, weight, target, bias, ctx.options,
                                                     True, row_scale=factors)[1:]
             else:

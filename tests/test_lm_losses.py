@@ -350,3 +350,60 @@ def test_torch_backward_twice_and_scaled_match_torch():
         grads[who] = (h.grad, w.grad, x.grad)
     for ours, theirs in zip(grads["ours"], grads["torch"]):
         torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_linear_cross_entropy_of_16_bit_inputs_is_the_float32_one_rounded(backend, half):
+    """16-bit hidden / classifier: computed in float32 (the classifier widened once, the
+    tokens chunk by chunk), loss and gradients in the input dtype, each within 1 ulp of
+    that type of the float32 computation on the widened inputs."""
+    from .test_half import _dtype, assert_within_one_ulp
+
+    dt = _dtype(half)
+    rng = np.random.default_rng(11)
+    h = rng.standard_normal((45, 16)).astype(dt)
+    w = (rng.standard_normal((37, 16)) * 0.5).astype(dt)
+    b = rng.standard_normal(37).astype(dt)
+    t = rng.integers(0, 37, 45)
+    t[3] = -100
+    options = dict(chunk_size=10, z_loss=1e-3, label_smoothing=0.05, backend=backend)
+    got = fastsm.linear_cross_entropy_with_grad(h, w, t, b, **options)
+    want = fastsm.linear_cross_entropy_with_grad(h.astype(np.float32), w.astype(np.float32),
+                                                 t, b.astype(np.float32), **options)
+    for name, g, ref in zip(("loss", "d_hidden", "d_weight", "d_bias"), got, want):
+        assert_within_one_ulp(g, ref, dt, f"{backend} {half} {name}")
+    assert_within_one_ulp(fastsm.linear_cross_entropy(h, w, t, b, **options), want[0], dt,
+                          "forward only")
+
+
+def test_torch_bfloat16_tensors_train_like_torch():
+    """bfloat16 tensors in fastsm.torch (through ml_dtypes): loss and gradients in
+    bfloat16, close to torch's own bfloat16 computation (both compute in float32)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("ml_dtypes")
+    import fastsm.torch as ft
+
+    functional = torch.nn.functional
+    gen = torch.Generator().manual_seed(4)
+    hidden = torch.randn(24, 8, generator=gen).bfloat16()
+    weight = torch.randn(30, 8, generator=gen).bfloat16()
+    target = torch.randint(0, 30, (24,), generator=gen)
+    results = []
+    for linear in (lambda h, w: ft.linear_cross_entropy(h, w, target, chunk_size=7),
+                   lambda h, w: functional.cross_entropy(functional.linear(h, w), target)):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        loss = linear(h, w)
+        loss.backward()
+        results.append((loss.detach(), h.grad, w.grad))
+    for ours, theirs in zip(*results):
+        assert ours.dtype == torch.bfloat16
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=2e-2, atol=2e-3)
+    x = torch.randn(24, 30, generator=gen).bfloat16().requires_grad_()
+    loss = ft.cross_entropy(x, target, label_smoothing=0.1)
+    loss.backward()
+    y = x.detach().clone().requires_grad_()
+    ref = functional.cross_entropy(y, target, label_smoothing=0.1)
+    ref.backward()
+    assert loss.dtype == x.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss.float(), ref.float(), rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(x.grad.float(), y.grad.float(), rtol=2e-2, atol=1e-3)
