@@ -233,7 +233,7 @@ def _by_columns(op, x, axis, out, backend):
     name = op + "_cols"
     mod = _kernels(backend, name, dt, x.size // r, r)
     kernel = getattr(mod, name, None)
-    if kernel is None:
+    if kernel is None or dt.name not in getattr(mod, "COLS_DTYPES", (dt.name,)):
         return None
     a = x.size // (r * b)
     if op == "logsumexp":  # (a, b) results; the caller reshapes (no out= here)

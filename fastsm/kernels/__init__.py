@@ -39,6 +39,8 @@ array with ``b >= 16``, reduced over its middle axis, with no transposed copy:
     log_softmax_cols(x, out, nthreads)     out: (a, R, b)
     logsumexp_cols(x, out, nthreads)       out: (a, b)
 
+(``COLS_DTYPES``, optional: the dtype names those take, if not both.)
+
 Optional, for 16-bit floats (the front uses them where a module has them, else it computes
 on a float32 copy): ``HALF_KINDS``, a dict {dtype name: code} ("float16", "bfloat16"), and
 the kernels above on the data's bits as uint16 arrays, computed in float32, each result
