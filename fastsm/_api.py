@@ -48,6 +48,14 @@ def _dtypes(dt: np.dtype, what: str):
     )
 
 
+def _reusable_out(out, x, shape, dt):
+    """Whether ``out`` can take a kernel's result directly: an ndarray of ``shape`` and
+    ``dt``, C-contiguous, writeable, and ``x`` itself or not overlapping it."""
+    return (type(out) is np.ndarray and out.dtype == dt and out.shape == shape
+            and out.flags.c_contiguous and out.flags.writeable
+            and (out is x or not np.may_share_memory(out, x)))
+
+
 def _is_half(dt):
     """float16, or ml_dtypes' bfloat16 (recognised by name: fastsm never imports it)."""
     return dt == _F16 or (dt.name == "bfloat16" and dt.itemsize == 2)
@@ -78,9 +86,7 @@ def _half_last_axis(op, x, axis, out, backend):
     shape = x.shape if op != "logsumexp" else x.shape[:-1]
     if out is None:
         res = np.empty(shape, dt)
-    elif (type(out) is np.ndarray and out.dtype == dt and out.shape == shape
-          and out.flags.c_contiguous and out.flags.writeable
-          and (out is x or not np.may_share_memory(out, x))):
+    elif _reusable_out(out, x, shape, dt):
         res = out
     else:
         return None
@@ -242,9 +248,7 @@ def _by_columns(op, x, axis, out, backend):
         return res
     if out is None:
         res = np.empty(x.shape, dt)
-    elif (type(out) is np.ndarray and out.dtype == dt and out.shape == x.shape
-          and out.flags.c_contiguous and out.flags.writeable
-          and (out is x or not np.may_share_memory(out, x))):
+    elif _reusable_out(out, x, x.shape, dt):
         res = out
     else:
         return None
@@ -262,9 +266,7 @@ def _elementwise(op, x, axis, out, backend):
             n, k = x.shape
             if out is None:
                 res = np.empty((n, k), dt)
-            elif (type(out) is np.ndarray and out.dtype == dt and out.shape == x.shape
-                  and out.flags.c_contiguous and out.flags.writeable
-                  and (out is x or not np.may_share_memory(out, x))):
+            elif _reusable_out(out, x, x.shape, dt):
                 res = out  # 64x128 float32 softmax(x, out=buf): 27.7 -> 15 us (softmax(x): 14)
             else:
                 res = None
