@@ -158,3 +158,19 @@ def test_long_rows_cross_entropy(backend, dtype, k):
                             (index, {"reduction": "none", "label_smoothing": 0.2})):
         loss = fastsm.cross_entropy(x, target, backend=backend, **options)
         assert_cross_entropy(loss, None, x, target, options, dtype, f"k={k} {options}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [9, 128, 512])
+def test_softmax_of_rows_far_below_the_block_max(backend, dtype, k):
+    """Rows whose maxima lie up to 23.9 below the array's largest value, with entries
+    spread over the whole allowed range: the numpy backend shifts such a block by that one
+    value (its _SHIFT_RANGE path), and the results must still meet the bar."""
+    rng = np.random.default_rng(k)
+    n = 300
+    x = -rng.uniform(0.0, 20.0, (n, 1)) - rng.uniform(0.0, 3.9, (n, k))  # row maxima 0..-20
+    x[0, 0] = 0.0
+    x = x.astype(dtype)
+    assert float(x.max()) - float(x.min()) < 24.0
+    assert_probabilities(fastsm.softmax(x, backend=backend), oracle.softmax(x), dtype,
+                         f"{backend} k={k}")
