@@ -163,8 +163,8 @@ def log_softmax(x, out, nthreads=1):
             # (x - m) - log s, never x - (m + log s): m + log s rounds away log s when
             # |m| is huge (rows of -1e30).  x - m is made once, in out (each broadcast
             # subtract costs a pass: 6 us of a 64x128 call), and exp reads it from there
-            ob = out[rows]
-            np.subtract(x[rows], _row_max(x[rows]), out=ob)
+            xb, ob = x[rows], out[rows]
+            np.subtract(xb, _row_max(xb), out=ob)
             e = np.exp(ob, out=scratch[: ob.shape[0]])
             np.subtract(ob, _log_sum(e, _row_sum(e)).astype(ob.dtype), out=ob)
 
@@ -216,14 +216,14 @@ def from_lse_parts(x, m, L, out, log, nthreads=1):
 
 # ---- one reduced axis that is not last (optional in the contract): x is a C-contiguous
 # (a, R, b) array reduced over R.  NumPy reduces that middle axis a row of b at a time, in
-# vector steps, so float32 needs no transposed copy.  float64 is not taken (COLS_DTYPES):
-# a sum down a column is sequential, 14 ulp of log_softmax at 600 rows against the 4 ulp
-# bar, so it keeps the front's tiled transpose and NumPy's pairwise row sums.  1000x512 along axis 0, NumPy-baseline time / ours (interleaved,
-# 5 runs): softmax 0.86-1.28, log_softmax 0.78-0.95, logsumexp 0.77-0.89, where the
-# transposing front measured 0.53-0.61.  Columns
-# whose plain formula may be wrong, a sum under 2 (a near-zero log term, see _log_sum) or
-# a max that is not finite, go through the row kernels on a gathered copy: rare, and then
-# every rule of the row kernels holds for them too.
+# vector steps, so float32 needs no transposed copy: 1000x512 along axis 0, NumPy-baseline
+# time / ours (interleaved, 5 runs): softmax 0.86-1.28, log_softmax 0.78-0.95, logsumexp
+# 0.77-0.89, where the transposing front measured 0.53-0.61.  float64 is not taken
+# (COLS_DTYPES): a sum down a column is sequential, 14 ulp of log_softmax at 600 rows
+# against the 4 ulp bar, so it keeps the front's tiled transpose and NumPy's pairwise row
+# sums.  Columns whose plain formula may be wrong, a sum under 2 (a near-zero log term, see
+# _log_sum) or a max that is not finite, go through the row kernels on a gathered copy:
+# rare, and then every rule of the row kernels holds for them too.
 COLS_DTYPES = ("float32",)
 _COL_GROUP = 16
 
