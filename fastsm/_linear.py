@@ -175,7 +175,8 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100
     without ever holding those logits whole.
 
     ``hidden`` (..., D) and ``weight`` (V, D), both float32 or both float64 (or both
-    float16 / bfloat16: computed in float32, results in their dtype); ``bias`` (V,) or None; ``target`` integer class indices of shape (...).  ``class_weight`` is the
+    float16 / bfloat16: computed in float32, results in their dtype); ``bias`` (V,) or
+    None; ``target`` integer class indices of shape (...).  ``class_weight`` is the
     per-class weight (``weight`` of :func:`cross_entropy`; here ``weight`` is the
     classifier).  Every other option as in :func:`cross_entropy` (``softcap`` and
     ``z_loss`` included); probability targets are not taken here.
