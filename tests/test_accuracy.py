@@ -43,6 +43,29 @@ def test_logsumexp_matches_oracle(backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [2, 10, 31])
+def test_short_rows_with_tied_or_nearly_tied_maxima(backend, dtype, k):
+    """Short rows (the blocked paths) whose max occurs twice, or stands beside a value whose
+    exp(x - m) rounds to 1, the other terms far below: the sum without the max's own 1 is
+    then about 1, not tiny, and the kernels that count the 1s apart must not lose one."""
+    rng = np.random.default_rng(k)
+    n = 64
+    x = rng.standard_normal((n, k)) - 40.0
+    top = rng.uniform(-1e-3, 1e-3, n)
+    x[:, 0] = top
+    x[0::3, k - 1] = top[0::3]  # a tie
+    x[1::3, k - 1] = np.nextafter(top[1::3], -np.inf)  # exp(x - m) rounds to 1
+    x = x.astype(dtype)
+    assert_logs(fastsm.logsumexp(x, backend=backend), oracle.logsumexp(x), dtype, f"lse k={k}",
+                x, reduced=True)
+    assert_logs(fastsm.log_softmax(x, backend=backend), oracle.log_softmax(x), dtype,
+                f"logp k={k}", x)
+    target = np.zeros(n, np.int64)
+    loss, grad = fastsm.cross_entropy_with_grad(x, target, reduction="none", backend=backend)
+    assert_cross_entropy(loss, grad, x, target, {"reduction": "none"}, dtype, f"ce k={k}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k", [1000, 32000, 200_000])
 def test_long_rows_accumulate_accurately(backend, dtype, k):
     """float32 sums over 200k classes must stay within 3e-6 (float64: 5e-15)."""
@@ -125,7 +148,7 @@ def test_results_far_below_one_keep_their_digits(backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k", [3, 40, 3000])
+@pytest.mark.parametrize("k", [3, 10, 31, 40, 3000])
 def test_confident_rows_take_the_careful_path(backend, dtype, k):
     """Every row's top logit 35 above the rest: every row's sum is below 2, so every row
     sums again without its max (short rows blocked, long rows over several chunks)."""

@@ -19,9 +19,9 @@ Design
   the vector body.
 - Near zero: the log ops take log1p of the exp-sum without the max's own 1 where the
   sum is below 2 (``_row_stats``' ``ts``, ``_log_sum``), so lse([0, -40]) is 4.2e-18, not
-  0: long rows sum again for those rows only; short float32 rows use s - 1 (exact enough
-  in float64 down to 2^-20), short float64 rows a compensated (TwoSum) sum, which costs
-  9-27% of a 65536x10 float64 log op (no extended type here, unlike the C kernels).
+  0: long rows sum again for those rows only; short float32 rows need it only where
+  s - 1 < 2^-20, short float64 rows sum their terms with the 1s kept out (see
+  ``_row_stats``); the float64 ones still cost 6-17% of a 65536x10 log op or CE+grad.
 - Rows are walked in L1-sized tiles, each finished (scaled, logged) while in L1; one
   kernel driver (``_tiled``) with one finisher per op.
 - Each kernel exists twice, serial and ``parallel=True``; calls under ``MIN_PARALLEL``
@@ -295,6 +295,16 @@ def _block_exp(e, lo, hi):
         es[j] = _exp(es[j])
 
 
+@njit(fastmath={"contract"}, error_model="numpy")
+def _block_exp_but_ones(e, lo, hi):
+    """e = exp(e), less the exact 1 of every e == 0 (the row maxima)."""
+    _wide_vectors()
+    es = e[lo:hi]
+    for j in range(es.size):
+        d = es[j]
+        es[j] = _exp(d) - (1.0 if d == 0.0 else 0.0)
+
+
 @njit(inline="always", error_model="numpy")
 def _workspace(xf, k):
     """(rows per tile, max, sum and sum-less-one per row, exp scratch) for a prange block."""
@@ -302,6 +312,20 @@ def _workspace(xf, k):
     scratch = np.empty(tile * k if k < _SHORT_K else _CHUNK, xf.dtype)
     return (tile, np.empty(tile, xf.dtype), np.empty(tile, np.float64),
             np.empty(tile, np.float64), scratch)
+
+
+@njit(error_model="numpy")
+def _short_rest(xb, buf, lo, k, m):
+    """sum of a short row's exponentials buf[lo:lo+k] but the first maximal one's."""
+    xr = xb[lo:lo + k]
+    br = buf[lo:lo + k]
+    skip = 0
+    while skip < k - 1 and xr[skip] != m:
+        skip += 1
+    rest = 0.0
+    for c in range(k):
+        rest += br[c] if c != skip else 0.0
+    return rest
 
 
 @njit(inline="always", error_model="numpy")
@@ -313,9 +337,17 @@ def _row_stats(xf, ef, r0, r1, k, store, ms, ss, ts, scratch, want_t):
 
     ts[j]: with ``want_t`` (the log ops), the sum without the max's own 1 to full relative
     accuracy where ``_log_sum`` needs it, else -1.  Long rows: summed again without the
-    max where the sum is below 2.  Short rows: float32 rows take s - 1 (the float64 sum
-    holds it to k * 1e-16, enough for float32 down to 2^-20; below, summed again);
-    float64 rows sum compensated (TwoSum: hi + lo carries twice double's precision)."""
+    max where the sum is below 2.  Short float32 rows: -1 (log s of the float64 sum is
+    exact enough for a float32 result) unless s - 1 < 2^-20, then summed again without
+    the max.  Short float64 rows: the 1s are kept out of the row sum, so it is t to the
+    relative accuracy of a plain float64 sum: in the log ops the exp pass subtracts the
+    exact 1 of every x == m (counted in the shift); where the exponentials are kept (the
+    CE gradient) the sum skips terms >= 1 and counts them.  t = rest + (ones - 1).
+    Measured, new/old time against the kernels before the near-zero work (65536x10, 2
+    threads, ``benchmarks.ab_kernels``): float32 log ops and CE+grad 1.08-1.24 with
+    s - 1 and a separate pass for the rare rows -> 1.02-1.06; float64 log_softmax /
+    logsumexp 1.16-1.39 with TwoSum (masked sums: 1.16-1.19) -> 1.07-1.17; CE+grad 1.24
+    -> 1.06."""
     if k >= _SHORT_K:
         for i in range(r0, r1):
             lo = i * k
@@ -328,46 +360,58 @@ def _row_stats(xf, ef, r0, r1, k, store, ms, ss, ts, scratch, want_t):
     nb = r1 - r0
     buf = ef[r0 * k:r1 * k] if store else scratch[:nb * k]
     xb = xf[r0 * k:r1 * k]
+    # float64 log ops: the maxima's exact 1s come out of the exponentials (the scratch
+    # holds nothing else) and are counted, so each row's plain sum is t's rest
+    tops = want_t and xf.itemsize == 8 and not store
     for j in range(nb):
         m = _row_max(xb, j * k, j * k + k)
         ms[j] = m
         xr = xb[j * k:j * k + k]
         br = buf[j * k:j * k + k]
-        for c in range(k):
-            br[c] = xr[c] - m
-    _block_exp(buf, 0, nb * k)
+        if tops:
+            ones = 0
+            for c in range(k):
+                d = xr[c] - m
+                br[c] = d
+                ones += d == 0.0
+            ts[j] = ones - 1.0
+        else:
+            for c in range(k):
+                br[c] = xr[c] - m
+    if tops:
+        _block_exp_but_ones(buf, 0, nb * k)
+    else:
+        _block_exp(buf, 0, nb * k)
     for j in range(nb):
         br = buf[j * k:j * k + k]
-        if want_t and xf.itemsize == 8:
-            hi = 0.0
-            lo = 0.0
+        if tops:
+            rest = 0.0
             for c in range(k):
-                v = np.float64(br[c])
-                total = hi + v
-                vv = total - hi
-                lo += (hi - (total - vv)) + (v - vv)
-                hi = total
-            ss[j] = hi + lo
-            ts[j] = (hi - 1.0) + lo
+                rest += br[c]
+            ss[j] = rest + (ts[j] + 1.0)
+            ts[j] += rest
+        elif want_t and xf.itemsize == 8:
+            # the kept exponentials: terms >= 1 (the max's, ties, terms that rounded to 1)
+            # counted apart from the rest; NaN goes into the rest
+            rest = 0.0
+            ones = 0
+            for c in range(k):
+                v = br[c]
+                one = v >= 1.0
+                rest += 0.0 if one else v
+                ones += one
+            ss[j] = rest + ones
+            ts[j] = rest + (ones - 1)
         else:
             acc = 0.0
             for c in range(k):
                 acc += br[c]
             ss[j] = acc
-            ts[j] = acc - 1.0 if want_t else -1.0
-    if want_t and xf.itemsize == 4:
-        # float32 rows whose s - 1 is under 2^-20 (rare): the exponentials less one 1
-        for j in range(nb):
-            if 0.0 <= ts[j] < 2.0 ** -20:
-                xr = xb[j * k:j * k + k]
-                br = buf[j * k:j * k + k]
-                skip = 0
-                while xr[skip] != ms[j]:
-                    skip += 1
-                rest = 0.0
-                for c in range(k):
-                    rest += br[c] if c != skip else 0.0
-                ts[j] = rest
+            ts[j] = -1.0
+            # float32 results: log(s) of the float64 sum is exact enough unless s - 1 is
+            # under 2^-20 (rare, so the branch is predicted): then the terms less one 1
+            if want_t and acc < 1.0 + 2.0 ** -20:
+                ts[j] = _short_rest(xb, buf, j * k, k, ms[j])
 
 
 # ------------------------------------------------------------------ kernels (flat views)
@@ -420,7 +464,8 @@ def _log_sum(s, t):
     u = 1 + t: one log, no branch (see rowops_impl.h's log_sum for the error terms)."""
     if t >= 0.0:
         u = 1.0 + t
-        return np.log(u) + (t - (u - 1.0)) * max(2.0 - u, 0.0)
+        w = 2.0 - u
+        return np.log(u) + (t - (u - 1.0)) * (w if w > 0.0 else 0.0)
     return np.log(s)
 
 

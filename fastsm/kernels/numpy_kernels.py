@@ -38,10 +38,11 @@ _BLOCK_ELEMS = 1 << 17
 # stay on axis 1: there the ~1 us per ufunc call dominates (64x16: 2-3x slower by columns).
 _SHORT_K = 32
 # Rows of up to this many classes take their max as the value at argmax: NumPy's argmax
-# along axis 1 pays less per row than max does (medians, 1 thread: 64x128 float32 5.3 us
-# against 12.1, 1000x64 36 against 133; 4096x1000 1.10 ms against 1.04 float32 and 1.86
-# against 2.31 float64; 512x32000 6.6 ms against 4.9, so long rows keep max).
-_ARGMAX_MAX_K = 1024
+# along axis 1 pays less per row than max does, and the gather more per element.  Whole
+# log_softmax / logsumexp, argmax time / max time (medians of 30 interleaved, 1 thread,
+# float32 and float64): 32768x128 0.88-0.96, 16384x256 0.95-1.01, 8192x512 0.98-1.03,
+# 4096x1000 1.04-1.07 (softmax 1.04-1.06 there: 6% of the 1e81cc1 kernel's speed lost).
+_ARGMAX_MAX_K = 256
 
 
 def _by_columns(a) -> bool:
