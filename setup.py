@@ -1,13 +1,22 @@
-"""Build fastsm, including the Cython/OpenMP extension fastsm.kernels.cython_kernels.
+"""Build fastsm's compiled backends: ``cython`` (kernels written in Cython) and ``c`` (C row
+kernels behind a Cython wrapper), both OpenMP.
+
+- ``cython``: cython_rows.pxi is compiled three times, as fastsm.kernels._cython_v4
+  (-march=x86-64-v4), _cython_v3 (-march=x86-64-v3) and _cython_base (the compiler's
+  baseline); fastsm/kernels/cython_kernels.py loads the widest one the CPU runs.  This is
+  the c backend's function multiversioning (target_clones) done with compiler flags, so
+  the Cython source needs no C attribute.  Where the compiler lacks -march=x86-64-v3/v4
+  (or the machine is not x86-64) only the baseline build is made.
+- ``c``: fastsm.kernels.c_kernels, rowops.c with target_clones.
 
 - OpenMP is probed by compiling a tiny program with -fopenmp.  Without it the extension is
   built serial (still vectorised, via -fopenmp-simd where the compiler has it) with a loud
   warning; FASTSM_FAIL_NO_OPENMP=1 makes that an error (CI sets it).
 - Flags: -O3 -fno-trapping-math, never -ffast-math (its -ffinite-math-only may delete the
-  -inf/NaN handling that masked logits need).  The default build is portable: on x86-64
-  gcc/Linux the row kernels carry AVX-512/AVX2/baseline clones chosen at load time.
-  FASTSM_NATIVE=1 adds -march=native for a local build tuned to this CPU only.
-- If the extension cannot be built at all (no compiler), the package still installs with
+  -inf/NaN handling that masked logits need).  The default build is portable (see above).
+  FASTSM_NATIVE=1 adds -march=native to the c and baseline builds, for a local build
+  tuned to this CPU only.
+- If the extensions cannot be built at all (no compiler), the package still installs with
   the numpy and numba backends, unless FASTSM_REQUIRE_CYTHON=1.
 """
 
@@ -49,6 +58,11 @@ int main(void) { int n = 0;
   n += 1;
   return n > 0 ? 0 : 1; }
 """
+# the cython backend's builds beyond the baseline: extension name -> extra flags
+ISA_BUILDS = {
+    "fastsm.kernels._cython_v4": ["-march=x86-64-v4", "-mprefer-vector-width=512"],
+    "fastsm.kernels._cython_v3": ["-march=x86-64-v3"],
+}
 CLONES_PROBE = """
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 int f(int x) { return x + 1; }
@@ -62,6 +76,7 @@ class BuildExt(build_ext):
         is_msvc = compiler.compiler_type == "msvc"
         if is_msvc:
             compile_args, link_args, omp = ["/O2", "/openmp"], [], True
+            self.extensions = [ext for ext in self.extensions if ext.name not in ISA_BUILDS]
         else:
             compile_args = ["-O3", "-fno-trapping-math", "-std=gnu99"]  # gnu: FMA contraction on
             link_args = []
@@ -75,8 +90,13 @@ class BuildExt(build_ext):
                 compile_args.append("-march=native")
             if not _compiles(compiler, CLONES_PROBE, []):
                 compile_args.append("-DFSM_NO_CLONES")
+            levels = {name: flags for name, flags in ISA_BUILDS.items()
+                      if _compiles(compiler, "int main(void){return 0;}", flags)}
+            # a level the compiler cannot target is not built (cython_kernels.py skips it)
+            self.extensions = [ext for ext in self.extensions
+                               if ext.name not in ISA_BUILDS or ext.name in levels]
         if not omp:
-            message = ("fastsm: OpenMP not found: the cython backend is built SERIAL "
+            message = ("fastsm: OpenMP not found: the cython and c backends are built SERIAL "
                        "(one thread). Install an OpenMP-capable compiler (gcc, or clang "
                        "with libomp) for multi-threaded kernels.")
             if _env_flag("FASTSM_FAIL_NO_OPENMP"):
@@ -84,14 +104,15 @@ class BuildExt(build_ext):
             warnings.warn(message)
             print("*" * 78 + "\n" + message + "\n" + "*" * 78, file=sys.stderr)
         for ext in self.extensions:
-            ext.extra_compile_args = compile_args
+            ext.extra_compile_args = compile_args + (
+                [] if is_msvc else ISA_BUILDS.get(ext.name, []))
             ext.extra_link_args = link_args
         try:
             super().build_extensions()
         except Exception as exc:
             if _env_flag("FASTSM_REQUIRE_CYTHON"):
                 raise
-            print(f"fastsm: WARNING: the cython backend could not be built ({exc}); "
+            print(f"fastsm: WARNING: the compiled backends could not be built ({exc}); "
                   "installing without it.", file=sys.stderr)
 
 
@@ -106,13 +127,19 @@ def extensions():
         print(f"fastsm: WARNING: Cython unavailable ({exc}); skipping the cython backend",
               file=sys.stderr)
         return []
-    ext = Extension(
-        "fastsm.kernels.cython_kernels",
-        sources=["fastsm/kernels/cython_kernels.pyx", "fastsm/kernels/rowops.c"],
+    c_ext = Extension(
+        "fastsm.kernels.c_kernels",
+        sources=["fastsm/kernels/c_kernels.pyx", "fastsm/kernels/rowops.c"],
         include_dirs=["fastsm/kernels"],
         depends=["fastsm/kernels/rowops.h", "fastsm/kernels/rowops_impl.h"],
     )
-    return cythonize([ext], language_level=3)
+    cython_exts = [
+        Extension(f"fastsm.kernels._cython_{level}",
+                  sources=[f"fastsm/kernels/_cython_{level}.pyx"],
+                  depends=["fastsm/kernels/cython_rows.pxi"])
+        for level in ("base", "v3", "v4")
+    ]
+    return cythonize([c_ext] + cython_exts, language_level=3)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

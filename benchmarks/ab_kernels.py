@@ -2,10 +2,11 @@
 
     python -m benchmarks.ab_kernels /path/to/other/checkout [--rounds 40] [--threads 2]
 
-Loads ``fastsm/kernels/{cython_kernels*.so, numba_kernels.py, numpy_kernels.py}`` of the other
-checkout under other module names, then times old and new kernel calls alternately on the same
-arrays (``fastsm bench``'s cell data), so both see the same machine state; prints the median
-of each and new/old.  The front (validation, the thread controller) is bypassed: both get
+Loads the other checkout's kernel modules (``c_kernels*.so``, or ``cython_kernels*.so`` from
+before the C kernels were renamed; ``_cython_v*.so``; ``numba_kernels.py``;
+``numpy_kernels.py``) under other module names, then times old and new kernel calls
+alternately on the same arrays (``fastsm bench``'s cell data), so both see the same
+machine state; prints the median of each and new/old.  The front (validation, the thread controller) is bypassed: both get
 ``--threads`` threads.  For kernel changes only: the other checkout must be built in place.
 """
 
@@ -33,10 +34,23 @@ OPS = ("softmax", "log_softmax", "logsumexp", "ce_with_grad")
 
 
 def load_other(root, backend):
+    """The other checkout's kernels of ``backend``, under a name of their own.  ``c``: its
+    c_kernels extension, or cython_kernels in checkouts from before the C kernels got that
+    name; ``cython``: the widest _cython_v* build this CPU runs."""
     kernels = Path(root) / "fastsm" / "kernels"
-    if backend == "cython":
-        path = glob.glob(str(kernels / "cython_kernels*.so"))[0]
-        name = "fastsm_ab_other.cython_kernels"  # the extension's init name is its last part
+    if backend in ("c", "cython"):
+        if backend == "c":
+            stems = ["c_kernels", "cython_kernels"]
+        else:
+            level = _registry.load("cython")._build.isa_level()
+            stems = [f"_cython_{v}" for v, need in (("v4", 4), ("v3", 3), ("base", 0))
+                     if level >= need]
+        found = [(stem, glob.glob(str(kernels / f"{stem}*.so"))) for stem in stems]
+        stem, paths = next(((s, p) for s, p in found if p), (None, None))
+        if stem is None:
+            raise SystemExit(f"{root}: no compiled {backend} kernels ({stems})")
+        path = paths[0]
+        name = f"fastsm_ab_other.{stem}"  # the extension's init name is its last part
     else:
         path = str(kernels / f"{backend}_kernels.py")
         name = f"fastsm_ab_other_{backend}"
@@ -76,7 +90,7 @@ def main(argv=None):
     parser.add_argument("other", help="root of the other checkout (built in place)")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backends", default="cython,numba,numpy")
+    parser.add_argument("--backends", default="c,numba,numpy")
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES))
     parser.add_argument("--ops", default=",".join(OPS))

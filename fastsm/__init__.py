@@ -4,7 +4,8 @@
 >>> fastsm.softmax(np.array([2.0, 1.0, 0.1]))
 array([0.65900114, 0.24243297, 0.09856589])
 
-Backends: ``numpy`` (portable baseline), ``numba`` (parallel JIT), ``cython`` (OpenMP).
+Backends: ``numpy`` (portable baseline), ``numba`` (parallel JIT), ``cython`` (kernels written
+in Cython, OpenMP) and ``c`` (hand-written C row kernels, OpenMP).
 ``fastsm.backends()`` lists those that load here; calls pick the fastest per shape.
 """
 

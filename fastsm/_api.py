@@ -6,7 +6,7 @@ with user input is caught here, before any compiled code runs.
 
 dtype rule: float32 and float64 are computed natively and keep their dtype; float16 and
 bfloat16 (``ml_dtypes.bfloat16``) are computed in float32 and returned in their own dtype,
-read and written as 16-bit values by backends with half kernels (``HALF_KINDS``: cython)
+read and written as 16-bit values by backends with half kernels (``HALF_KINDS``: c)
 where the rows are contiguous, else through a float32 copy; bool and integer input is
 computed and returned as float64 (like ``np.exp``).  Anything else raises TypeError.
 """
@@ -877,13 +877,13 @@ _backend_objects: dict = {}
 
 
 def backends() -> list:
-    """Names of the backends available on this machine (compiled ones first)."""
+    """Names of the backends available on this machine (cython, c, numba, numpy order)."""
     return _registry.available()
 
 
 def get_backend(name=None) -> Backend:
     """The backend called ``name``; with None, the default one (``FASTSM_BACKEND`` if set,
-    else the first available of cython, numba, numpy).  Calls without ``backend=`` may
+    else the first available of c, cython, numba, numpy).  Calls without ``backend=`` may
     still pick another backend per shape from the winners table (see ``fastsm.tune``)."""
     if name is None:
         name = _dispatch.default_backend()

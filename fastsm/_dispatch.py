@@ -5,7 +5,8 @@ Order of precedence:
 2. Otherwise the winners table picks per (op, dtype, shape bucket) — see
    ``fastsm._tuning`` for how the table is built, stored and measured.
 3. A bucket with no entry, or whose winner is unavailable here, falls back to the first
-   available backend in the registry's order (compiled first).
+   available backend in the registry's PREFERRED order (fastest first: c, cython, numba,
+   numpy).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _load_state():
     from . import _tuning
 
     _forced = _env_backend() or ""
-    avail = _registry.available()
+    avail = _registry.preferred_available()
     if not avail:
         raise ImportError("fastsm: no backend could be loaded (not even numpy)")
     _fallback = avail[0]

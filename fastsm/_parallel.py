@@ -2,7 +2,7 @@
 
 Design
 - Two engines per call: *native* (the backend's own parallel runtime: an OpenMP team for
-  cython, Numba's parallel kernels) and *serial* (the same kernel on the calling thread).
+  c and cython, Numba's parallel kernels) and *serial* (the same kernel on the calling thread).
   Backends declare ``MIN_PARALLEL`` (elements); smaller calls, and backends without it
   (numpy), are always serial and never reach the controller's bookkeeping.
 - Adaptive, because the machine is shared.  With another program busy on both cores, an

@@ -13,13 +13,18 @@ import os
 import threading
 import warnings
 
-# (name, module) in the order used when nothing has been measured: compiled first.
+# (name, module): every backend, in the order the suite lists them: the three languages,
+# then the hand-written C kernels the cython backend is measured against.
 BACKEND_MODULES = (
     ("cython", "fastsm.kernels.cython_kernels"),
+    ("c", "fastsm.kernels.c_kernels"),
     ("numba", "fastsm.kernels.numba_kernels"),
     ("numpy", "fastsm.kernels.numpy_kernels"),
 )
 KNOWN = tuple(name for name, _ in BACKEND_MODULES)
+# The order the dispatcher falls back on where nothing has been measured: fastest first on
+# the reference machine (benchmarks/results/cython_vs_c.txt; numba's first call compiles).
+PREFERRED = ("c", "cython", "numba", "numpy")
 
 # The kernels every backend module must define.
 KERNELS = ("softmax", "log_softmax", "logsumexp", "ce_index", "ce_soft", "lse_parts",
@@ -61,7 +66,7 @@ def load(name: str):
 
 
 def available() -> list:
-    """Names of the backends that load on this machine, fastest-first by default order."""
+    """Names of the backends that load on this machine, in the registry's order."""
     global _warned
     names = []
     for name, _ in BACKEND_MODULES:
@@ -80,6 +85,12 @@ def available() -> list:
             stacklevel=3,
         )
     return names
+
+
+def preferred_available() -> list:
+    """The backends that load here, in PREFERRED order (the dispatcher's fallback)."""
+    avail = available()
+    return [name for name in PREFERRED if name in avail]
 
 
 def failures() -> dict:

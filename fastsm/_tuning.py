@@ -12,10 +12,10 @@ import json
 import os
 from pathlib import Path
 
-# Empty on purpose: on the reference machine cython won 42 of the 46 default cells and numba
-# the other 4 by <= 10% (benchmarks/results/backends-full.md), too little to impose numba's
-# 1-3 s first-call compile per kernel (once per machine: later processes read Numba's disk
-# cache) on a default.  The fallback order (cython first) applies.
+# Empty on purpose: on the reference machine the C kernels (then named cython) won 42 of the
+# 46 default cells and numba the other 4 by <= 10% (benchmarks/results/backends-full.md), too
+# little to impose numba's 1-3 s first-call compile per kernel (once per machine: later
+# processes read Numba's disk cache) on a default.  The fallback order (c first) applies.
 _BUILTIN: dict = {}
 
 

@@ -662,11 +662,11 @@ def _backend_results(cell):
 def winners(cells):
     """Per (op, dtype, bucket) measured: (backend to record or None, why).
 
-    A backend other than the default one (the registry's first) is recorded only when its
-    lead over the default is beyond the noise of both: time ratio - 1 > max(5%, twice the
+    A backend other than the default one (the registry's PREFERRED first) is recorded only when
+    its lead over the default is beyond the noise of both: time ratio - 1 > max(5%, twice the
     larger spread between rounds).  A busy neighbour otherwise writes its noise into the
     table (it once made the NumPy baseline 'beat' cython)."""
-    default = _registry.available()[0]
+    default = _registry.preferred_available()[0]
     out = {}
     for cell in cells:
         dims, axis = parse_shape(cell.shape)

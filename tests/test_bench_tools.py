@@ -20,7 +20,8 @@ def _cell(op, shape, times, spread=0.02):
 
 @pytest.fixture
 def default_is_cython(monkeypatch):
-    monkeypatch.setattr(bench._registry, "available", lambda: ["cython", "numba", "numpy"])
+    monkeypatch.setattr(bench._registry, "preferred_available",
+                        lambda: ["cython", "numba", "numpy"])
 
 
 def test_a_winner_is_recorded_only_beyond_the_noise(default_is_cython):

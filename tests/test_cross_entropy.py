@@ -218,7 +218,7 @@ def test_negative_class_weights_match_torch(backend, reduction):
 
 def test_zero_weight_on_a_masked_logit_contributes_zero(backend):
     """0 * log 0 = 0 also for the target's own term and label smoothing's term (the fuzz
-    found cython and numba returning nan here, the numpy backend and the oracle 0)."""
+    found the C kernels and numba returning nan here, the numpy backend and the oracle 0)."""
     x = np.array([[-np.inf, 0.5], [0.5, -np.inf]], np.float32)
     for target in (np.array([0, 1]), np.array([1, 0])):
         options = dict(weight=np.array([0.0, 1.0]), label_smoothing=0.1, reduction="none")

@@ -1,6 +1,6 @@
 """float16 and bfloat16 (``ml_dtypes``): 16-bit in and out, float32 inside, every backend.
 
-Backends with half kernels (``HALF_KINDS``: cython) read and write the 16-bit values
+Backends with half kernels (``HALF_KINDS``: c) read and write the 16-bit values
 themselves; the others go through a float32 copy.  Either way the bar is the issue's:
 each result within 1 ulp of the half type of the exact value (the long-double oracle on
 the half input, which widens exactly), over the shared array generator; the

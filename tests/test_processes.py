@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_worker_pools_of_every_start_method_finish_with_correct_answers():
-    """A fork-start pool used to hang (cython: GNU OpenMP's pool does not survive fork) or
+    """A fork-start pool used to hang (c, cython: GNU OpenMP's pool does not survive fork) or
     die (numba: "fork() called from a process already using GNU OpenMP").  Now a child
     forked after native threads ran computes serially; forkserver/spawn children, fresh
     processes, keep native threads.  A hang fails here on the timeout."""

@@ -3,7 +3,7 @@
 Design
 - PyPI's llvmlite has no SVML, so ``np.exp`` in a Numba loop is one scalar libm call per
   element (~1.9 GB/s here).  ``_exp32``/``_exp64`` are the same branch-free exp as the
-  cython backend (Cody-Waite reduction, Taylor polynomial, 2^n from exponent bits in two
+  c and cython backends (Cody-Waite reduction, Taylor polynomial, 2^n from exponent bits in two
   halves so subnormal results are right), written with a bit-cast intrinsic so LLVM
   vectorises the loops.  -inf -> 0 and NaN -> NaN hold without fast-math flags.
 - fastmath is granted per function, never globally: ``contract`` (FMA) everywhere,
@@ -92,7 +92,7 @@ def _reinterpret_bits(typingctx, value):
 def _wide_vectors(typingctx):
     """Ask LLVM for 512-bit vectors in the function this is called from.
 
-    LLVM's x86 tuning for AVX-512 server cores prefers 256-bit vectors; the cython
+    LLVM's x86 tuning for AVX-512 server cores prefers 256-bit vectors; the c
     backend's AVX-512 clone shows 512 pays here.  Numba has no per-function option, so
     the string attribute is put on the function being lowered (every hot function and
     every prange body calls this; an inlined callee takes its caller's attribute).
@@ -764,7 +764,7 @@ def _plan(n, k, nthreads):
 
     Rejected, measured (4096x1000 float32, 2 threads, medians of 60 interleaved calls):
     blocks of ~64k elements claimed one by one (``set_parallel_chunksize(1)``, as the
-    cython backend's dynamic chunks) cost idle time, softmax 2.18-2.43 ms vs 2.08-2.22 ms,
+    c backend's dynamic chunks) cost idle time, softmax 2.18-2.43 ms vs 2.08-2.22 ms,
     and gained nothing clear beside a 2-thread torch loop (6.78-7.65 vs 7.20-7.58 ms)."""
     if nthreads < 2 or n < 2 or n * k < MIN_PARALLEL:
         return 0, 1, n

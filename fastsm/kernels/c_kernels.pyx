@@ -1,11 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, embedsignature=True
-"""cython backend: typed memoryviews in, GIL released, rows split over OpenMP threads.
+"""c backend: hand-written C row kernels (rowops.c, rowops_impl.h) behind Cython entry
+points: typed memoryviews in, GIL released, rows split over OpenMP threads.
 
 Design
 - The front has validated everything (see fastsm/kernels/__init__.py); these entry points
   take ``const`` typed memoryviews (read-only input works), release the GIL and hand
-  contiguous row ranges to the C row kernels in rowops.c, where the vectorised loops live.
+  contiguous row ranges to the C row kernels in rowops.c, where the vectorised loops live
+  (OpenMP simd pragmas, gcc target_clones for AVX-512 / AVX2 / baseline).  The cython
+  backend (cython_rows.pxi) is the same algorithms written in Cython itself.
 - Threads: ``prange(..., schedule='dynamic')`` over row chunks of ~64k elements (see
   ``_CHUNK_ELEMENTS``); problems under ``_MIN_PARALLEL`` elements run on the calling thread
   (an OpenMP fork/join costs more than a 64x128 softmax).  How many threads a call gets
@@ -94,7 +97,7 @@ ctypedef fused real:
     float
     double
 
-NAME = "cython"
+NAME = "c"
 # Measured on the 2-core machine: below ~32k elements one thread beats two (fork/join
 # and cache-line traffic dominate); see the closing note of the cython issue.
 cdef Py_ssize_t _MIN_PARALLEL = 1 << 15
