@@ -71,6 +71,11 @@ int main(void) { return f(-1); }
 
 
 class BuildExt(build_ext):
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:  # four extensions, one per core (pip passes no -j)
+            self.parallel = os.cpu_count() or 1
+
     def build_extensions(self):
         compiler = self.compiler
         is_msvc = compiler.compiler_type == "msvc"
@@ -139,7 +144,7 @@ def extensions():
                   depends=["fastsm/kernels/cython_rows.pxi"])
         for level in ("base", "v3", "v4")
     ]
-    return cythonize([c_ext] + cython_exts, language_level=3)
+    return cythonize([c_ext] + cython_exts, language_level=3, nthreads=os.cpu_count() or 1)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

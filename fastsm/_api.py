@@ -550,10 +550,21 @@ def _target_kind(target, logits_shape, k):
     )
 
 
+_UNIT_WEIGHTS: dict = {}  # k -> read-only ones: a constant, made once per class count
+
+
 def _class_weights(weight, k):
     """``weight`` (None or one finite real per class) as float64 (k,), validated."""
     if weight is None:
-        return np.ones(k, np.float64)
+        w = _UNIT_WEIGHTS.get(k)
+        if w is None:
+            # writable, as a caller's weights arrive (a read-only array is another Numba
+            # type, another compile); no kernel writes its weights, and this one never
+            # leaves fastsm
+            w = np.ones(k, np.float64)
+            if len(_UNIT_WEIGHTS) < 64 and k <= 1 << 20:  # a few shapes, bounded memory
+                _UNIT_WEIGHTS[k] = w
+        return w
     w = np.asarray(weight)
     if w.dtype.kind not in "biuf":
         raise TypeError(f"weight has dtype {w.dtype}; expected a real array")
@@ -613,7 +624,8 @@ def _index_targets(target, k, ignore_index, weight_given, w):
     t = target.reshape(-1)
     n = t.size
     t2 = np.ascontiguousarray(t, dtype=np.int64)  # uint64 >= 2**63 wraps negative: checked below
-    if (n == 0 or (t2.min() >= 0 and t2.max() < k)) and not 0 <= ignore_index < k:
+    # one reduction for both bounds: as uint64 a negative index is >= 2**63 > k
+    if (n == 0 or t2.view(np.uint64).max() < k) and not 0 <= ignore_index < k:
         ignored = None  # the common case in two reductions: all are classes, none ignored
     else:
         ignored = t == ignore_index
@@ -700,9 +712,20 @@ def _gradient_scales(reduction, denominator, kept, z):
     return scale, z_coef
 
 
+_LARGEST = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
+
+
 def _reduce_loss(loss_rows, lse, z, ignored, reduction, denominator, kept, shape, result):
     """The loss as returned: per sample (``shape``) or the sum / the mean (over the
     denominator; the z-term's over the kept count), the z-term z lse^2 added."""
+    if not z and reduction != "none":
+        # Python floats: no NumPy warning to silence (errstate is ~1 us of a small call)
+        total = float(loss_rows.sum())
+        value = total if reduction == "sum" else (
+            total / denominator if denominator else math.nan)
+        top = _LARGEST.get(result)
+        if top is not None and not (math.isfinite(value) and abs(value) > top):
+            return result.type(value)  # else the cast overflows: the path below says so
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         z_rows = None
         if z:

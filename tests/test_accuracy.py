@@ -80,9 +80,10 @@ def test_long_rows_accumulate_accurately(backend, dtype, k):
 
 @pytest.mark.parametrize("k", [1, 3, 10, 17, 64, 1000])
 def test_many_short_rows(backend, k):
-    """Short rows take the row-blocked paths in compiled backends; check them at scale."""
+    """Short rows take the row-blocked paths in compiled backends; check them at scale
+    (k = 1000, long rows over many blocks, on fewer rows: the oracle is long double)."""
     for dtype in DTYPES:
-        x = values((2000, k), "masked", dtype, seed=k)
+        x = values((2000 if k < 1000 else 300, k), "masked", dtype, seed=k)
         assert_probabilities(fastsm.softmax(x, backend=backend), oracle.softmax(x), dtype, f"k={k}")
         assert_logs(fastsm.log_softmax(x, backend=backend), oracle.log_softmax(x), dtype, f"k={k}", x)
         assert_logs(fastsm.logsumexp(x, backend=backend), oracle.logsumexp(x), dtype, f"k={k}", x,
