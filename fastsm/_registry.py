@@ -22,8 +22,10 @@ BACKEND_MODULES = (
     ("numpy", "fastsm.kernels.numpy_kernels"),
 )
 KNOWN = tuple(name for name, _ in BACKEND_MODULES)
-# The order the dispatcher falls back on where nothing has been measured: fastest first on
-# the reference machine (benchmarks/results/cython_vs_c.txt; numba's first call compiles).
+# The order the dispatcher falls back on where nothing has been measured.  c first: cython
+# takes 0.84-1.10x its time in the main cells (benchmarks/results/cython_vs_c_bench*.txt),
+# and c alone has the non-last-axis and float16/bfloat16 kernels, which the front takes
+# from the backend it runs; numba last of the compiled ones: its first call compiles.
 PREFERRED = ("c", "cython", "numba", "numpy")
 
 # The kernels every backend module must define.

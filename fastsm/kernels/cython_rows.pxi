@@ -19,8 +19,9 @@
 #     block, where a single running sum is a chain gcc may not reorder;
 #   * the max runs on the floats' order-preserving integer keys (an integer max reduction
 #     vectorises; the float select x > m ? x : m does not, lanes or not).
-#   The generated C and the object code were read: see the note on issue #14 in
-#   benchmarks/results/cython_vs_c.txt for which loops vectorise in each build.
+#   The object code was read: ``python -m benchmarks.vector_report`` counts each build's
+#   vector instructions per function (benchmarks/results/cython_vs_c_vectors.txt: the v4
+#   build's _rows runs its exp, max and sums on zmm registers, the v3 build's on ymm).
 # - Sums: float rows sum in float over lanes within chunks of _CHUNK elements, the chunk
 #   sums in double (each lane adds at most 64 terms in [0, 1]); double rows in double.
 # - Near zero (log-sum-exp of [0, -40] is 4.2e-18, not 0): where a row's exp-sum s is
