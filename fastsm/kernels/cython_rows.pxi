@@ -184,6 +184,19 @@ cdef inline int64_t _key64(double v) noexcept nogil:
     return u.i ^ ((u.i >> 63) & <int64_t>0x7FFFFFFFFFFFFFFF)
 
 
+cdef inline float _unkey32(int32_t key) noexcept nogil:
+    """The float whose _key32 is key (the map is its own inverse)."""
+    cdef _Bits32 u
+    u.i = key ^ ((key >> 31) & 0x7FFFFFFF)
+    return u.f
+
+
+cdef inline double _unkey64(int64_t key) noexcept nogil:
+    cdef _Bits64 u
+    u.i = key ^ ((key >> 63) & <int64_t>0x7FFFFFFFFFFFFFFF)
+    return u.f
+
+
 cdef inline real _row_max(const real *x, Py_ssize_t k) noexcept nogil:
     """max of x[:k], k >= 1, as the max of order-preserving integer keys: gcc vectorises
     an integer max reduction (vpmaxsd/vpmaxsq), but not the float one, whose select
@@ -192,22 +205,18 @@ cdef inline real _row_max(const real *x, Py_ssize_t k) noexcept nogil:
     cdef Py_ssize_t c
     cdef int32_t best32, key32
     cdef int64_t best64, key64
-    cdef _Bits32 u32
-    cdef _Bits64 u64
     if real is float:
         best32 = _key32(x[0])
         for c in range(1, k):
             key32 = _key32(x[c])
             best32 = key32 if key32 > best32 else best32
-        u32.i = best32 ^ ((best32 >> 31) & 0x7FFFFFFF)
-        return u32.f
+        return _unkey32(best32)
     else:
         best64 = _key64(x[0])
         for c in range(1, k):
             key64 = _key64(x[c])
             best64 = key64 if key64 > best64 else best64
-        u64.i = best64 ^ ((best64 >> 63) & <int64_t>0x7FFFFFFFFFFFFFFF)
-        return u64.f
+        return _unkey64(best64)
 
 
 cdef inline double _sum(const real *e, Py_ssize_t k) noexcept nogil:
@@ -300,6 +309,11 @@ cdef inline double _lse_nonfinite(const real *x, Py_ssize_t k, real m) noexcept 
     return m
 
 
+cdef inline double _row_lse(const real *x, Py_ssize_t k, real m, double logs) noexcept nogil:
+    """A row's log-sum-exp from its max and log term (the non-finite max rules as above)."""
+    return m + logs if isfinite(m) else _lse_nonfinite(x, k, m)
+
+
 cdef inline void _block_exp(const real *x, Py_ssize_t nb, Py_ssize_t k, real *m, real *e,
                             double *s, double *t, bint want_t) noexcept nogil:
     """Short rows: m, e = exp(x - m), s = sum e per row of a block of nb rows; with want_t
@@ -347,8 +361,9 @@ cdef inline void _block_exp(const real *x, Py_ssize_t nb, Py_ssize_t k, real *m,
             ones = 0.0
             for c in range(k):
                 v = er[c]
-                rest += 0.0 if v >= 1.0 else v  # NaN goes into rest
-                ones += 1.0 if v >= 1.0 else 0.0
+                one = 1.0 if v >= 1.0 else 0.0
+                rest += v - one * v  # NaN goes into rest
+                ones += one
             s[i] = rest + ones
             t[i] = rest + (ones - 1.0)
         else:
@@ -378,8 +393,6 @@ cdef inline void _lanes(const real *x, Py_ssize_t k, real *m, real *o, double *s
     cdef int64_t k64[_LANES]
     cdef int32_t key32
     cdef int64_t key64
-    cdef _Bits32 u32
-    cdef _Bits64 u64
     cdef real ev, one
     cdef real logs[_LANES]
     cdef Py_ssize_t c, l
@@ -396,8 +409,7 @@ cdef inline void _lanes(const real *x, Py_ssize_t k, real *m, real *o, double *s
                 key32 = _key32(v[c][l])
                 k32[l] = key32 if key32 > k32[l] else k32[l]
         for l in range(_LANES):
-            u32.i = k32[l] ^ ((k32[l] >> 31) & 0x7FFFFFFF)
-            mm[l] = u32.f
+            mm[l] = _unkey32(k32[l])
     else:
         for l in range(_LANES):
             k64[l] = _key64(v[0][l])
@@ -406,8 +418,7 @@ cdef inline void _lanes(const real *x, Py_ssize_t k, real *m, real *o, double *s
                 key64 = _key64(v[c][l])
                 k64[l] = key64 if key64 > k64[l] else k64[l]
         for l in range(_LANES):
-            u64.i = k64[l] ^ ((k64[l] >> 63) & <int64_t>0x7FFFFFFFFFFFFFFF)
-            mm[l] = u64.f
+            mm[l] = _unkey64(k64[l])
     for l in range(_LANES):
         acc[l] = 0.0
         ones[l] = 0.0
@@ -545,7 +556,7 @@ cdef inline void _finish_ce_index(const _Ctx *cx, Py_ssize_t i, const real *xr, 
     if not ignored or cx.lse != NULL:
         logs = _log_sum(xr, er, scratch, k, m, s, t)
     if cx.lse != NULL:
-        cx.lse[i] = m + logs if isfinite(m) else _lse_nonfinite(xr, k, m)
+        cx.lse[i] = _row_lse(xr, k, m, logs)
     if ignored:
         cx.loss[i] = 0.0
         if er != NULL:
@@ -601,7 +612,7 @@ cdef inline void _finish_ce_soft(const _Ctx *cx, Py_ssize_t i, const real *xr, r
     logs = _log_sum(xr, er, scratch, k, m, s, t)
     cx.loss[i] = big_q * logs - qz
     if cx.lse != NULL:
-        cx.lse[i] = m + logs if isfinite(m) else _lse_nonfinite(xr, k, m)
+        cx.lse[i] = _row_lse(xr, k, m, logs)
     if er != NULL:
         zl = cx.z_coef * (<double>m + logs) if cx.z_coef != 0.0 else 0.0
         a = <real>((cx.scale * big_q + zl) / s)
