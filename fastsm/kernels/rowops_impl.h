@@ -5,14 +5,40 @@
 #define FSM_CAT(a, b) FSM_CAT2(a, b)
 #define N(f) FSM_CAT(f, SFX)
 
+/* Row loops of unknown length: gcc 12 gives each a scalar (or half-width) epilogue, and a
+ * row's remainder then cost more than its vectors (float32 softmax, 1 thread: K = 127
+ * 1.73 ns an element, K = 128 0.80; a max loop from c = 1 cost 64x128 a third of its
+ * time).  So row loops run over whole groups of FSM_VW elements (FSM_WHOLE: the epilogue
+ * is compiled but never runs), and the remainder once more over the row's last FSM_VW
+ * elements with only the lanes not yet done active: FSM_TAIL gives the condition, which
+ * becomes masked stores and selects (out may alias x: the inactive lanes read results
+ * already written, and discard them).  Rows under FSM_VW keep the plain loop. */
+#define FSM_VW 16
+#define FSM_WHOLE(K) ((K) >= FSM_VW ? (K) & -(ptrdiff_t)FSM_VW : (K))
+#define FSM_MAP_ROW(K, c, STMT)                                                           \
+    do {                                                                                   \
+        const ptrdiff_t kv_ = FSM_WHOLE(K);                                               \
+        _Pragma("omp simd") for (ptrdiff_t c = 0; c < kv_; c++) { STMT; }                  \
+        if (kv_ < (K)) {                                                                   \
+            _Pragma("omp simd") for (ptrdiff_t c = (K) - FSM_VW; c < (K); c++)             \
+                if (c >= kv_) { STMT; }                                                    \
+        }                                                                                  \
+    } while (0)
+
 /* max of a row (K >= 1).  With NaN present the result may or may not be NaN (OpenMP leaves
  * it open): either way x - m is NaN for the NaN entry and the row sum turns NaN. */
 FSM_INLINE T N(row_max)(const T *x, ptrdiff_t K)
 {
     T m = x[0];
+    const ptrdiff_t Kv = FSM_WHOLE(K);
 #pragma omp simd reduction(max : m)
-    for (ptrdiff_t c = 1; c < K; c++)
+    for (ptrdiff_t c = 0; c < Kv; c++)
         m = x[c] > m ? x[c] : m;
+    if (Kv < K) { /* the last FSM_VW again: a max may see an element twice */
+#pragma omp simd reduction(max : m)
+        for (ptrdiff_t c = K - FSM_VW; c < K; c++)
+            m = x[c] > m ? x[c] : m;
+    }
     return m;
 }
 
@@ -24,8 +50,10 @@ FSM_INLINE T N(row_max)(const T *x, ptrdiff_t K)
 FSM_INLINE double N(row_exp_sum)(const T *x, T *e, ptrdiff_t K, T m)
 {
     double s = 0.0;
-    for (ptrdiff_t c0 = 0; c0 < K; c0 += FSM_CHUNK) {
-        ptrdiff_t c1 = (K - c0 < FSM_CHUNK) ? K : c0 + FSM_CHUNK;
+    /* stored exponentials keep gcc's epilogue: see FSM_MAP_ROW */
+    const ptrdiff_t Kv = e ? K : FSM_WHOLE(K);
+    for (ptrdiff_t c0 = 0; c0 < Kv; c0 += FSM_CHUNK) {
+        ptrdiff_t c1 = (Kv - c0 < FSM_CHUNK) ? Kv : c0 + FSM_CHUNK;
         T part = 0;
         if (e) {
 #pragma omp simd reduction(+ : part)
@@ -38,6 +66,15 @@ FSM_INLINE double N(row_exp_sum)(const T *x, T *e, ptrdiff_t K, T m)
 #pragma omp simd reduction(+ : part)
             for (ptrdiff_t c = c0; c < c1; c++)
                 part += EXP(x[c] - m);
+        }
+        s += (double)part;
+    }
+    if (Kv < K) { /* see FSM_MAP_ROW */
+        T part = 0;
+#pragma omp simd reduction(+ : part)
+        for (ptrdiff_t c = K - FSM_VW; c < K; c++) {
+            T v = EXP(x[c] - m);
+            part += c >= Kv ? v : 0;
         }
         s += (double)part;
     }
@@ -385,9 +422,7 @@ FSM_INLINE void N(fin_log_softmax)(const N(ew_ctx) *cx, ptrdiff_t i, const T *xr
     /* (x - m) - log s: never x - (m + log s), which loses log s when |m| is huge */
     T logs = (T)N(log_sum)(xr, er, cx->K, m, s, t);
     T *o = cx->out + i * cx->K;
-#pragma omp simd
-    for (ptrdiff_t c = 0; c < cx->K; c++)
-        o[c] = (xr[c] - m) - logs;
+    FSM_MAP_ROW(cx->K, c, o[c] = (xr[c] - m) - logs);
 }
 
 FSM_CLONES void N(fsm_log_softmax)(const T *x, T *out, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K)
