@@ -743,9 +743,58 @@ def _reduce_loss(loss_rows, lse, z, ignored, reduction, denominator, kept, shape
         return result.type(value)
 
 
+_I64 = np.dtype(np.int64)
+_U64 = np.dtype(np.uint64)
+
+
+def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
+    """The common call in few Python steps: 2-D C-contiguous float32/float64 logits,
+    int64 class indices of shape (n,), default options otherwise, an ignore_index that is
+    no class (so none is ignored) and reduction "mean" or "sum".  None where any of that
+    does not hold: the general path then runs (and raises for bad arguments).  The targets
+    are checked exactly as there (one reduction: as uint64 a negative index is >= 2**63).
+    64x128 float32 cross_entropy: the front cost 12.8 us of a 14.6 us call before this
+    path (/tmp/ovh.py, 4x16 logits: the kernel itself 1.8 us)."""
+    if type(x) is not np.ndarray or type(target) is not np.ndarray or x.ndim != 2:
+        return None
+    dt = x.dtype
+    if not ((dt is _F32 or dt is _F64) and target.dtype is _I64 and x.flags.c_contiguous):
+        return None
+    n, k = x.shape
+    if (not n or not k or target.shape != (n,) or not target.flags.c_contiguous
+            or type(ignore_index) is not int
+            or not (-2**63 <= ignore_index < 0 or k <= ignore_index < 2**63)
+            or (reduction != "mean" and reduction != "sum")):
+        return None
+    if not np.maximum.reduce(target.view(_U64)) < k:
+        return None  # out-of-range targets: the general path names the first
+    op = "cross_entropy_with_grad" if want_grad else "cross_entropy"
+    mod = _kernels(backend, op, dt, n, k)
+    loss_rows = np.empty(n, np.float64)
+    grad = np.empty((n, k), dt) if want_grad else None
+    mean = reduction == "mean"
+    _parallel.run(mod, op, dt, n, k, mod.ce_index, x, target, _class_weights(None, k),
+                  ignore_index, 0.0, 1.0 / n if mean else 1.0, loss_rows, grad, 0.0, None,
+                  None)
+    total = float(np.add.reduce(loss_rows))
+    value = total / n if mean else total
+    if abs(value) > _LARGEST[dt] and math.isfinite(value):
+        with np.errstate(over="ignore"):  # float32 overflow: inf, as the general path
+            loss = dt.type(value)
+    else:
+        loss = dt.type(value)
+    return (loss, grad) if want_grad else loss
+
+
 def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
                    backend, want_grad, z_loss=0.0, softcap=None, return_lse=False,
                    return_accuracy=False):
+    if (weight is None and not label_smoothing and not z_loss and softcap is None
+            and not return_lse and not return_accuracy):
+        done = _cross_entropy_lean(logits, target, ignore_index, reduction, backend,
+                                   want_grad)
+        if done is not None:
+            return done
     x = np.asarray(logits)
     compute, result = _dtypes(x.dtype, "logits")
     if x.ndim == 0:

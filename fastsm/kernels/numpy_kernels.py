@@ -17,8 +17,10 @@ Design
   gather for the target's term, a matrix-vector product for label smoothing's.
 - Measured against the kernels before the log1p work (1 thread, interleaved medians,
   ``python -m benchmarks.ab_kernels``): 65536x10 0.31-0.82x the time, CE+grad 0.30-0.85x
-  in every main cell; log ops on 4096x1000 1.06-1.10x and 64x128 1.03-1.08x (the near-
-  zero check and, for the few rows under 2, their careful sums, per block).
+  in every main cell; log_softmax 0.89-0.98x; logsumexp on 4096x1000 1.02-1.11x (was
+  1.09-1.10 with the careful sums per block, see _lse_rows), 512x32000 1.00-1.05x, 64x128
+  0.99-1.01x (medians of 20-21 interleaved calls; the same module against a copy of
+  itself reads 0.97-1.00 in the same harness).
 - Scaling multiplies by the reciprocal of the row sum: one division per row instead of per
   element; the extra rounding is half an ulp.
 - ``nthreads`` is accepted for the common contract and ignored: NumPy's ufuncs are serial.
@@ -170,33 +172,69 @@ def log_softmax(x, out, nthreads=1):
             np.subtract(ob, _log_sum(e, _row_sum(e)).astype(ob.dtype), out=ob)
 
 
-def _lse_parts_blocks(x):
-    """(rows, m, shift, L) per block: m the row max (NaN if the row holds one), L = log of
-    the row's sum of exp(x - shift) with shift = m, or 0 where m is +-inf or NaN: such a
-    row's L is its logsumexp itself (all -inf gives log(0) = -inf, +inf gives +inf, NaN
-    still wins), as scipy does; so the row's logsumexp is always shift + L."""
+def _lse_rows(x, lse=None, m=None, L=None):
+    """Per row: the logsumexp into ``lse`` (n,), or its parts, the row max into ``m`` and
+    L = log sum exp(x - m) into ``L`` ((n,), float64).  A row whose max is +-inf or NaN
+    has L = its logsumexp itself (all -inf: log(0) = -inf; +inf: +inf; NaN wins), as
+    scipy does, so its logsumexp is always L there.
+
+    Common rows cost 8 NumPy calls a block: max, subtract, exp, sum, log, one compare and
+    count for s >= 2 (False for a NaN s, i.e. a row with a NaN or infinite max, and for
+    the rows of s < 2 that need the careful log1p), and the result's add.  Blocks with a
+    quarter or more of such rows (short rows) run _log_sum in place; otherwise those rows
+    wait for one pass over all of them per call, on a gathered copy: done per block, the
+    careful sums' ~12 calls came into nearly every block (0.5% of 4096x1000 bench rows
+    have s < 2) and cost logsumexp 9-10% of its time there."""
     n, k = x.shape
+    if L is None:
+        L = np.empty(n)
+    later = []
     scratch = np.empty((min(n, max(1, _BLOCK_ELEMS // k)), k), x.dtype)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for rows in _blocks(n, k):
             xb = x[rows]
-            m = _row_max(xb)
-            finite = np.isfinite(m)
-            shift = m if finite.all() else np.where(finite, m, 0)
+            mb = _row_max(xb)
+            if m is not None:
+                m[rows] = mb[:, 0]
             z = scratch[: xb.shape[0]]
-            np.subtract(xb, shift, out=z)
+            np.subtract(xb, mb, out=z)
             np.exp(z, out=z)
-            yield rows, m, shift, _log_sum(z, _row_sum(z))
+            s = _row_sum(z)
+            Lb = L[rows]
+            np.log(s[:, 0], out=Lb)
+            plain = s[:, 0] >= 2.0
+            count = np.count_nonzero(plain)
+            if count < plain.size:
+                odd = np.flatnonzero(~plain)
+                finite = np.isfinite(mb[odd, 0])
+                if not finite.all():  # shifted by 0: the logsumexp itself
+                    bad = odd[~finite]
+                    Lb[bad] = np.log(np.sum(np.exp(xb[bad]), axis=1))
+                    odd = odd[finite]
+                if 4 * odd.size > xb.shape[0]:
+                    Lb[odd] = _log_sum(z[odd], s[odd])[:, 0]
+                elif odd.size:
+                    later.append(rows.start + odd)
+            if lse is not None:
+                np.add(mb[:, 0], Lb, out=lse[rows])
+                if count < plain.size and not finite.all():
+                    lse[rows][bad] = Lb[bad]
+        if later:
+            careful = np.concatenate(later)
+            xr = x[careful]
+            mr = _row_max(xr)
+            z = np.exp(xr - mr)
+            L[careful] = _log_sum(z, _row_sum(z))[:, 0]
+            if lse is not None:
+                lse[careful] = mr[:, 0] + L[careful]
 
 
 def logsumexp(x, out, nthreads=1):
-    for rows, _, shift, L in _lse_parts_blocks(x):
-        out[rows] = (shift + L)[:, 0]
+    _lse_rows(x, lse=out)
 
 
 def lse_parts(x, m_out, l_out, nthreads=1):
-    for rows, m, _, L in _lse_parts_blocks(x):
-        m_out[rows], l_out[rows] = m[:, 0], L[:, 0]
+    _lse_rows(x, m=m_out, L=l_out)
 
 
 def from_lse_parts(x, m, L, out, log, nthreads=1):
