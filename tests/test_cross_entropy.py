@@ -1,6 +1,7 @@
 """Cross-entropy and its fused gradient: oracle, finite differences and torch parity."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -226,3 +227,53 @@ def test_zero_weight_on_a_masked_logit_contributes_zero(backend):
         for opts in (options, options_zero):
             loss, grad = fastsm.cross_entropy_with_grad(x, target, backend=backend, **opts)
             assert_cross_entropy(loss, grad, x, target, opts, np.float32, f"{backend} {opts}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_common_call_path_equals_the_general_one(backend, dtype):
+    """The front's lean path for the common call (2-D C-contiguous logits, int64 targets,
+    default options) gives bit for bit what the general path gives (reached here through
+    explicit unit weights), and every call that is not that common one, or has a bad
+    target, still gets the general path's answer or error."""
+    rng = np.random.default_rng(7)
+    k = 37
+    x = (rng.standard_normal((50, k)) * 3).astype(dtype)
+    t = rng.integers(0, k, 50)
+    ones = np.ones(k)
+    for reduction in ("mean", "sum"):
+        for ignore_index in (-100, -1, k, 2**63 - 1):
+            lean = fastsm.cross_entropy(x, t, reduction=reduction, ignore_index=ignore_index,
+                                        backend=backend)
+            general = fastsm.cross_entropy(x, t, weight=ones, reduction=reduction,
+                                           ignore_index=ignore_index, backend=backend)
+            assert type(lean) is type(general) and lean.dtype == dtype
+            assert lean == general
+            loss, grad = fastsm.cross_entropy_with_grad(x, t, reduction=reduction,
+                                                        ignore_index=ignore_index,
+                                                        backend=backend)
+            loss_g, grad_g = fastsm.cross_entropy_with_grad(
+                x, t, weight=ones, reduction=reduction, ignore_index=ignore_index,
+                backend=backend)
+            assert loss == loss_g and np.array_equal(grad, grad_g) and grad.dtype == dtype
+    # an ignore_index that is a class, targets that are not int64 or not contiguous:
+    # the general path, same answers as the oracle-checked one with explicit weights
+    t_ign = t.copy()
+    t_ign[::5] = 3
+    for target, kwargs in ((t_ign, dict(ignore_index=3)), (t.astype(np.int32), {}),
+                           (np.repeat(t, 2)[::2], {})):
+        assert (fastsm.cross_entropy(x, target, backend=backend, **kwargs)
+                == fastsm.cross_entropy(x, target, weight=ones, backend=backend, **kwargs))
+    for bad in (k, -1, -(2**62)):
+        t_bad = t.copy()
+        t_bad[9] = bad
+        with pytest.raises(ValueError, match=f"target value {bad} at index 9"):
+            fastsm.cross_entropy(x, t_bad, backend=backend)
+    # a float32 mean beyond float32's range is inf, without a warning (as the general path)
+    if dtype == np.float32:
+        huge = np.zeros((2, 3), dtype)
+        huge[:, 1:] = 3e38
+        huge[:, 0] = -3e38
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert fastsm.cross_entropy(huge, np.array([0, 0]), backend=backend,
+                                        reduction="sum") == np.inf
