@@ -123,7 +123,7 @@ class BuildExt(build_ext):
 
 def extensions():
     try:
-        import numpy  # noqa: F401  (build requirement; keeps the error early and clear)
+        import numpy  # build requirement: the c backend reads arrays with NumPy's C API
         from Cython.Build import cythonize
         from setuptools import Extension
     except ImportError as exc:
@@ -135,7 +135,8 @@ def extensions():
     c_ext = Extension(
         "fastsm.kernels.c_kernels",
         sources=["fastsm/kernels/c_kernels.pyx", "fastsm/kernels/rowops.c"],
-        include_dirs=["fastsm/kernels"],
+        include_dirs=["fastsm/kernels", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=["fastsm/kernels/rowops.h", "fastsm/kernels/rowops_impl.h"],
     )
     cython_exts = [

@@ -255,6 +255,17 @@ def test_common_call_path_equals_the_general_one(backend, dtype):
                 x, t, weight=ones, reduction=reduction, ignore_index=ignore_index,
                 backend=backend)
             assert loss == loss_g and np.array_equal(grad, grad_g) and grad.dtype == dtype
+    # ignored samples (the lean path keeps them where the backend counts them in C)
+    for ignored_at in (slice(None, None, 4), slice(None)):
+        t_out = t.copy()
+        t_out[ignored_at] = -100
+        for reduction in ("mean", "sum"):
+            lean = fastsm.cross_entropy_with_grad(x, t_out, reduction=reduction,
+                                                  backend=backend)
+            general = fastsm.cross_entropy_with_grad(x, t_out, weight=ones,
+                                                     reduction=reduction, backend=backend)
+            np.testing.assert_array_equal(lean[0], general[0])  # all ignored: NaN both
+            assert np.array_equal(lean[1], general[1])
     # an ignore_index that is a class, targets that are not int64 or not contiguous:
     # the general path, same answers as the oracle-checked one with explicit weights
     t_ign = t.copy()

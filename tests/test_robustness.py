@@ -150,3 +150,59 @@ def test_forced_backend_that_is_missing_fails_clearly():
         """, env={"FASTSM_BACKEND": "numba"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "raised: backend 'numba' is not available: ImportError" in proc.stdout, proc.stdout
+
+
+def _modules_with(attr):
+    from fastsm import _registry
+    mods = [_registry.load(name) for name in fastsm.backends()]
+    return [pytest.param(m, id=m.NAME) for m in mods if hasattr(m, attr)]
+
+
+@pytest.mark.parametrize("mod", _modules_with("count_ignored"))
+def test_count_ignored_checks_targets_in_compiled_code(mod):
+    """The optional target check the front's common cross-entropy call uses: how many
+    targets are ignore_index, or the front's ValueError naming the first bad one."""
+    t = np.array([0, 4, -100, 2, -100, 3], np.int64)
+    assert mod.count_ignored(t, 5, -100) == 2
+    assert mod.count_ignored(t[:2], 5, -100) == 0
+    assert mod.count_ignored(np.empty(0, np.int64), 5, -100) == 0
+    for bad, pos in ((5, 1), (-1, 3), (-(2**63), 0)):
+        tb = t.copy()
+        tb[pos] = bad
+        with pytest.raises(ValueError, match=rf"target value {bad} at index {pos} is out"):
+            mod.count_ignored(tb, 5, -100)
+    for wrong in (t.astype(np.int32), t[::2], t.reshape(2, 3), list(t)):
+        with pytest.raises((TypeError, ValueError)):
+            mod.count_ignored(wrong, 5, -100)
+
+
+@pytest.mark.parametrize("mod", _modules_with("count_ignored"))
+def test_compiled_entry_points_reject_arrays_they_would_misread(mod):
+    """Direct calls of the ndarray entry points (the front never makes these): a wrong
+    dtype, shape, layout or a read-only output is an error, never a read or write out of
+    bounds; ce_index checks its targets before any row runs."""
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    out = np.empty_like(x)
+    mod.softmax(x, out, 1)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-6)
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    for args in ((x, np.empty((6, 4), np.float32)), (x, out.astype(np.float64)),
+                 (x, ro), (x.T, out.T.copy()), (x[:, ::2], np.empty((6, 3), np.float32)),
+                 (x.astype(np.float16), out), (x, out.tolist()), (np.empty((2, 0)), out)):
+        with pytest.raises((TypeError, ValueError)):
+            mod.softmax(*args, 1)
+    with pytest.raises((TypeError, ValueError)):
+        mod.logsumexp(x, np.empty(5, np.float32), 1)
+    w, loss = np.ones(5), np.empty(6)
+    t = np.array([0, 1, 2, 3, 4, 9], np.int64)
+    with pytest.raises(ValueError, match="target value 9 at index 5"):
+        mod.ce_index(x, t, w, -100, 0.0, 1.0, loss, None, 0.0, None, None, 1)
+    t[5] = 0
+    for bad in (dict(weight=np.ones(4)), dict(loss=np.empty(5)), dict(grad=out[:5]),
+                dict(target=t.astype(np.int32)), dict(lse=np.empty(6, np.float32))):
+        a = dict(target=t, weight=w, loss=loss, grad=None, lse=None)
+        a.update(bad)
+        with pytest.raises((TypeError, ValueError)):
+            mod.ce_index(x, a["target"], a["weight"], -100, 0.0, 1.0, a["loss"], a["grad"],
+                         0.0, a["lse"], None, 1)

@@ -52,6 +52,11 @@ rounded to nearest even:
     ce_soft_half(x, code, target, weight, smoothing, scale, loss, grad, z_coef, lse,
                  nthreads)                (target: the same 16-bit type as x; grad: it too)
 
+Optional, for the front's common cross-entropy call: ``count_ignored(target, K,
+ignore_index)``: how many of the int64 (n,) targets equal ignore_index once every other is
+in [0, K), else a ValueError naming the first that is not (the front's message); the
+front then skips its own NumPy check of the targets.
+
 Cross-entropy, per row r (``target``: int64 (n,) for ce_index, already in [0, K) or equal
 to ignore_index; x.dtype (n, K) probabilities for ce_soft; ``weight``: float64 (K,);
 ``loss``: float64 (n,); ``grad``: None or x.dtype (n, K)):

@@ -17,7 +17,15 @@ Design
 - Per-thread scratch lives on each thread's stack inside the C kernels (short-row blocks
   of 2048 elements), so nothing here allocates; the half-precision kernels (``*_half``)
   allocate one float32 block (32 KiB, or one row) per chunk of rows in C.
-- One def entry per kernel with a fused (float/double) memoryview signature.
+- One def entry per kernel.  The ones a small call goes through (softmax, log_softmax,
+  logsumexp, ce_index) take ndarrays and check them with NumPy's C macros (type, shape,
+  C order, writeable outputs): a fused memoryview signature cost ~1 us a call (the
+  fused dispatch ~0.35 us, then a memoryview per array), a tenth of a 64x128 softmax.
+  The others keep fused (float/double) memoryview signatures.
+- ``count_ignored`` (optional in the contract) checks class-index targets for the front's
+  common cross-entropy call in one C loop instead of a NumPy reduction (~1.5 us of a
+  small call); ce_index checks them again before any row runs (a vectorised loop over
+  n int64s), so no direct call can index out of bounds.
 - ``*_cols``: a reduction over an axis that is not last, on the (a, R, b) view of a
   C-contiguous array, in tasks of 256 columns (rowops_impl.h, ``cols``).  1000x512 along
   axis 0, 2 threads, interleaved medians (``python -m benchmarks.ab_columns``): float32
@@ -26,8 +34,11 @@ Design
   1.1-1.9x torch.
 """
 
+cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t, uint8_t, uint16_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
+
+cnp.import_array()
 
 cdef extern from "rowops.h" nogil:
     void fsm_softmax_f32(const float *x, float *out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
@@ -174,22 +185,66 @@ cdef void _run(int which, const real *x, real *out, double *m, double *L, Py_ssi
         _rows(which, x, out, m, L, r0, r1, k)
 
 
-def softmax(const real[:, ::1] x, real[:, ::1] out, int nthreads=1):
+cdef int _rows_type(cnp.ndarray x) except -1:
+    """NPY_FLOAT or NPY_DOUBLE for a C-contiguous 2-D float32/float64 ``x`` with classes
+    wherever it has rows; else a TypeError / ValueError.  The front never hands over
+    anything else: these checks keep a direct call from reading out of bounds."""
+    cdef int t = cnp.PyArray_TYPE(x)
+    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
+        raise TypeError(f"x has dtype {x.dtype}; expected float32 or float64")
+    if cnp.PyArray_NDIM(x) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(x):
+        raise ValueError("x must be a C-contiguous (rows, classes) array")
+    if cnp.PyArray_DIMS(x)[0] and not cnp.PyArray_DIMS(x)[1]:
+        raise ValueError("x has rows of no classes")
+    return t
+
+
+cdef int _check(object a, str name, int t, int ndim, cnp.npy_intp d0, cnp.npy_intp d1,
+                bint writes) except -1:
+    """``a`` is a C-contiguous ndarray of type number ``t`` and shape (d0,) or (d0, d1),
+    writeable if ``writes``; else a TypeError / ValueError naming it."""
+    if type(a) is not cnp.ndarray:
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != t:
+        raise TypeError(f"{name} has dtype {arr.dtype}; expected "
+                        f"{cnp.PyArray_DescrFromType(t)}")
+    cdef cnp.npy_intp *d = cnp.PyArray_DIMS(arr)
+    if (cnp.PyArray_NDIM(arr) != ndim or d[0] != d0 or (ndim == 2 and d[1] != d1)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+        raise ValueError(f"{name} has shape {(<object>arr).shape}; expected a C-contiguous "
+                         f"{(d0, d1)[:ndim]}")
+    if writes and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{name} is read-only")
+    return 0
+
+
+cdef _elementwise(int which, cnp.ndarray x, object out, int out_ndim, int nthreads):
+    cdef int t = _rows_type(x)
+    cdef cnp.npy_intp n = cnp.PyArray_DIMS(x)[0], k = cnp.PyArray_DIMS(x)[1]
+    _check(out, "out", t, out_ndim, n, k, True)
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *po = cnp.PyArray_DATA(<cnp.ndarray>out)
+    with nogil:
+        if t == cnp.NPY_FLOAT:
+            _run(which, <const float *>px, <float *>po, NULL, NULL, n, k, nthreads)
+        else:
+            _run(which, <const double *>px, <double *>po, NULL, NULL, n, k, nthreads)
+
+
+def softmax(cnp.ndarray x not None, out, int nthreads=1):
     """out[r, c] = exp(x[r, c] - m_r) / sum_j exp(x[r, j] - m_r)."""
-    with nogil:
-        _run(_SOFTMAX, &x[0, 0], &out[0, 0], NULL, NULL, x.shape[0], x.shape[1], nthreads)
+    _elementwise(_SOFTMAX, x, out, 2, nthreads)
 
 
-def log_softmax(const real[:, ::1] x, real[:, ::1] out, int nthreads=1):
+def log_softmax(cnp.ndarray x not None, out, int nthreads=1):
     """out[r, c] = (x[r, c] - m_r) - log(sum_j exp(x[r, j] - m_r))."""
-    with nogil:
-        _run(_LOG_SOFTMAX, &x[0, 0], &out[0, 0], NULL, NULL, x.shape[0], x.shape[1], nthreads)
+    _elementwise(_LOG_SOFTMAX, x, out, 2, nthreads)
 
 
-def logsumexp(const real[:, ::1] x, real[::1] out, int nthreads=1):
+def logsumexp(cnp.ndarray x not None, out, int nthreads=1):
     """out[r] = m_r + log(sum_j exp(x[r, j] - m_r))."""
-    with nogil:
-        _run(_LOGSUMEXP, &x[0, 0], &out[0], NULL, NULL, x.shape[0], x.shape[1], nthreads)
+    _elementwise(_LOGSUMEXP, x, out, 1, nthreads)
 
 
 # ---- reductions over an axis that is not last: (a, R, b) C-contiguous, reduced over R
@@ -324,17 +379,82 @@ cdef void _run_ce(const real *x, const _CeArgs *a, Py_ssize_t n, Py_ssize_t k,
             _ce_rows(x, a, r0, r1, k)
 
 
-def ce_index(const real[:, ::1] x, const int64_t[::1] target, const double[::1] weight,
-             int64_t ignore_index, double smoothing, double scale, double[::1] loss,
-             real[:, ::1] grad, double z_coef, double[::1] lse, uint8_t[::1] correct,
-             int nthreads=1):
-    """Per-row cross-entropy against class indices; see fastsm/kernels/__init__.py."""
-    cdef _CeArgs a
-    _ce_args(&a, &target[0], NULL, &weight[0], ignore_index, smoothing, scale, z_coef,
-             &loss[0], NULL if grad is None else <void *>&grad[0, 0],
-             NULL if lse is None else &lse[0], NULL if correct is None else &correct[0])
+cdef Py_ssize_t _first_bad_target(const int64_t *t, Py_ssize_t n, int64_t k,
+                                  int64_t ignore_index, Py_ssize_t *ignored) noexcept nogil:
+    """-1 if every t[i] is in [0, k) or equal to ignore_index (and how many are, into
+    ``ignored``), else the first i where not."""
+    cdef Py_ssize_t i, count = 0
+    cdef int bad = 0
+    for i in range(n):  # branch-free, so it vectorises; the position only on failure
+        bad |= ((<uint64_t>t[i] >= <uint64_t>k) & (t[i] != ignore_index))
+        count += t[i] == ignore_index
+    ignored[0] = count
+    if not bad:
+        return -1
+    for i in range(n):
+        if <uint64_t>t[i] >= <uint64_t>k and t[i] != ignore_index:
+            return i
+    return -1
+
+
+cdef int _check_targets(const int64_t *t, Py_ssize_t n, int64_t k, int64_t ignore_index,
+                        Py_ssize_t *ignored) except -1:
+    cdef Py_ssize_t bad
     with nogil:
-        _run_ce(&x[0, 0], &a, x.shape[0], x.shape[1], nthreads)
+        bad = _first_bad_target(t, n, k, ignore_index, ignored)
+    if bad >= 0:
+        raise ValueError(f"target value {t[bad]} at index {bad} is out of range: expected a "
+                         f"class index in [0, {k}) or ignore_index={ignore_index}")
+    return 0
+
+
+def count_ignored(target, Py_ssize_t k, int64_t ignore_index):
+    """How many of the int64 class-index ``target`` (n,) equal ``ignore_index``, once every
+    other is in [0, k); else a ValueError naming the first that is not (the front's
+    message).  Optional in the kernel contract: the front's common cross-entropy call
+    checks its targets here instead of by a NumPy reduction (~1.5 us of a small call)."""
+    if type(target) is not cnp.ndarray:
+        raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
+    cdef cnp.ndarray t = <cnp.ndarray>target
+    _check(t, "target", cnp.NPY_INT64, 1, cnp.PyArray_DIMS(t)[0], 0, False)
+    cdef Py_ssize_t ignored
+    _check_targets(<const int64_t *>cnp.PyArray_DATA(t), cnp.PyArray_DIMS(t)[0], k,
+                   ignore_index, &ignored)
+    return ignored
+
+
+def ce_index(cnp.ndarray x not None, target, weight, int64_t ignore_index, double smoothing,
+             double scale, loss, grad, double z_coef, lse, correct, int nthreads=1):
+    """Per-row cross-entropy against class indices; see fastsm/kernels/__init__.py.  The
+    targets are checked again here (the front has), before any row runs: a direct call
+    with a bad one gets the front's ValueError, never a read out of bounds."""
+    cdef int t = _rows_type(x)
+    cdef cnp.npy_intp n = cnp.PyArray_DIMS(x)[0], k = cnp.PyArray_DIMS(x)[1]
+    _check(target, "target", cnp.NPY_INT64, 1, n, 0, False)
+    _check(weight, "weight", cnp.NPY_DOUBLE, 1, k, 0, False)
+    _check(loss, "loss", cnp.NPY_DOUBLE, 1, n, 0, True)
+    if grad is not None:
+        _check(grad, "grad", t, 2, n, k, True)
+    if lse is not None:
+        _check(lse, "lse", cnp.NPY_DOUBLE, 1, n, 0, True)
+    if correct is not None:
+        _check(correct, "correct", cnp.NPY_UINT8, 1, n, 0, True)
+    cdef const int64_t *pt = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>target)
+    cdef Py_ssize_t ignored
+    _check_targets(pt, n, k, ignore_index, &ignored)
+    cdef _CeArgs a
+    _ce_args(&a, pt, NULL, <const double *>cnp.PyArray_DATA(<cnp.ndarray>weight),
+             ignore_index, smoothing, scale, z_coef,
+             <double *>cnp.PyArray_DATA(<cnp.ndarray>loss),
+             NULL if grad is None else cnp.PyArray_DATA(<cnp.ndarray>grad),
+             NULL if lse is None else <double *>cnp.PyArray_DATA(<cnp.ndarray>lse),
+             NULL if correct is None else <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>correct))
+    cdef void *px = cnp.PyArray_DATA(x)
+    with nogil:
+        if t == cnp.NPY_FLOAT:
+            _run_ce(<const float *>px, &a, n, k, nthreads)
+        else:
+            _run_ce(<const double *>px, &a, n, k, nthreads)
 
 
 def ce_soft(const real[:, ::1] x, const real[:, ::1] target, const double[::1] weight,
