@@ -262,8 +262,10 @@ def _elementwise(op, x, axis, out, backend):
         # fast path for the common call: (rows, classes) float32/float64 C-contiguous, into a
         # new array or an out= of the same kind that is x itself or does not overlap it
         # (anything else takes the general path below, which also raises for a bad out)
+        # (`is`: NumPy's float32/float64 dtypes are singletons, and == costs ~0.1 us; an
+        # equal dtype that is another object takes the general path)
         dt = x.dtype
-        if (dt == _F32 or dt == _F64) and x.flags.c_contiguous:
+        if (dt is _F32 or dt is _F64) and x.flags.c_contiguous:
             n, k = x.shape
             if out is None:
                 res = np.empty((n, k), dt)
@@ -274,7 +276,10 @@ def _elementwise(op, x, axis, out, backend):
             if res is not None:
                 if n and k:
                     mod = _kernels(backend, op, dt, n, k)
-                    _parallel.run(mod, op, dt, n, k, getattr(mod, op), x, res)
+                    if mod.MIN_PARALLEL is None or n * k < mod.MIN_PARALLEL:
+                        getattr(mod, op)(x, res, 1)  # serial anyway: _parallel.run's rule
+                    else:
+                        _parallel.run(mod, op, dt, n, k, getattr(mod, op), x, res)
                 return res
     done = _by_columns(op, x, axis, out, backend)
     if done is None and getattr(x, "dtype", None) is not None and _is_half(x.dtype):
@@ -362,7 +367,7 @@ def logsumexp(a, axis=-1, b=None, keepdims=False, return_sign=False, *, out=None
         return _logsumexp_scaled(a, b, axis, keepdims, return_sign, out, backend)
     if (axis == -1 and out is None and not keepdims and not return_sign
             and type(a) is np.ndarray and a.ndim == 2 and a.flags.c_contiguous
-            and (a.dtype == _F32 or a.dtype == _F64) and a.shape[1]):
+            and (a.dtype is _F32 or a.dtype is _F64) and a.shape[1]):
         # fast path for the common call, as in _elementwise
         res = np.empty(a.shape[0], a.dtype)
         _logsumexp_rows(a, res, backend)
@@ -412,7 +417,10 @@ def _logsumexp_rows(x2, res, backend):
         res.fill(-np.inf)
     elif n:
         mod = _kernels(backend, "logsumexp", x2.dtype, n, k)
-        _parallel.run(mod, "logsumexp", x2.dtype, n, k, mod.logsumexp, x2, res)
+        if mod.MIN_PARALLEL is None or n * k < mod.MIN_PARALLEL:
+            mod.logsumexp(x2, res, 1)  # serial anyway: _parallel.run's rule
+        else:
+            _parallel.run(mod, "logsumexp", x2.dtype, n, k, mod.logsumexp, x2, res)
 
 
 def _logsumexp_scaled(a, b, axis, keepdims, return_sign, out, backend):
@@ -648,7 +656,8 @@ _CAP_BLOCK = 1 << 18  # elements per soft-capped block: the capped copy never ex
 
 def _ce_kernel(mod, op, kind, x2, t2, w, ignore_index, eps, scale, loss_rows, grad, z_coef,
                lse, correct, softcap):
-    """The backend's cross-entropy kernel on (n, k) rows.  With ``softcap`` the rows go in
+    """The backend's cross-entropy kernel on (n, k) rows; returns the sum of the loss rows
+    where one kernel call gave it (see the kernel contract), else None.  With ``softcap`` the rows go in
     blocks of _CAP_BLOCK elements: each block's capped logits c tanh(x / c) are made in a
     block-sized buffer, the kernel runs on them, and the block's gradient takes the chain
     rule's factor 1 - tanh^2 (the capped copy of the whole array is never made).
@@ -677,15 +686,14 @@ def _ce_kernel(mod, op, kind, x2, t2, w, ignore_index, eps, scale, loss_rows, gr
         lr = lse[r] if lse is not None else None
         if kind == "index":
             cr = correct[r] if correct is not None else None
-            _parallel.run(mod, op, compute, xs.shape[0], k, mod.ce_index, xs, t2[r], w,
-                          ignore_index, eps, scale, loss_rows[r], g, z_coef, lr, cr)
-        else:
-            _parallel.run(mod, op, compute, xs.shape[0], k, mod.ce_soft, xs, t2[r], w, eps,
-                          scale, loss_rows[r], g, z_coef, lr)
+            return _parallel.run(mod, op, compute, xs.shape[0], k, mod.ce_index, xs, t2[r],
+                                 w, ignore_index, eps, scale, loss_rows[r], g, z_coef, lr, cr)
+        _parallel.run(mod, op, compute, xs.shape[0], k, mod.ce_soft, xs, t2[r], w, eps,
+                      scale, loss_rows[r], g, z_coef, lr)
+        return None
 
     if softcap is None:
-        call(slice(0, n), x2)
-        return
+        return call(slice(0, n), x2)  # the kernel's sum of the loss rows, or None
     step = max(1, _CAP_BLOCK // k)
     buf = np.empty((min(n, step), k), compute)
     for r0 in range(0, n, step):
@@ -715,12 +723,14 @@ def _gradient_scales(reduction, denominator, kept, z):
 _LARGEST = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
 
 
-def _reduce_loss(loss_rows, lse, z, ignored, reduction, denominator, kept, shape, result):
+def _reduce_loss(loss_rows, lse, z, ignored, reduction, denominator, kept, shape, result,
+                 total=None):
     """The loss as returned: per sample (``shape``) or the sum / the mean (over the
-    denominator; the z-term's over the kept count), the z-term z lse^2 added."""
+    denominator; the z-term's over the kept count), the z-term z lse^2 added.  ``total``:
+    the sum of ``loss_rows`` where the kernel gave it."""
     if not z and reduction != "none":
         # Python floats: no NumPy warning to silence (errstate is ~1 us of a small call)
-        total = float(loss_rows.sum())
+        total = float(loss_rows.sum()) if total is None else total
         value = total if reduction == "sum" else (
             total / denominator if denominator else math.nan)
         top = _LARGEST.get(result)
@@ -783,10 +793,14 @@ def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
     loss_rows = np.empty(n, np.float64)
     grad = np.empty((n, k), dt) if want_grad else None
     mean = reduction == "mean"
-    _parallel.run(mod, op, dt, n, k, mod.ce_index, x, target, _class_weights(None, k),
-                  ignore_index, 0.0, 1.0 / kept if mean else 1.0, loss_rows, grad, 0.0,
-                  None, None)
-    total = float(np.add.reduce(loss_rows))
+    args = (x, target, _class_weights(None, k), ignore_index, 0.0, 1.0 / kept if mean else 1.0,
+            loss_rows, grad, 0.0, None, None)
+    if mod.MIN_PARALLEL is None or n * k < mod.MIN_PARALLEL:
+        total = mod.ce_index(*args, 1)  # serial anyway: _parallel.run's rule
+    else:
+        total = _parallel.run(mod, op, dt, n, k, mod.ce_index, *args)
+    if total is None:  # the kernel's sum of the rows (optional in the contract), or ours
+        total = float(np.add.reduce(loss_rows))
     value = total / kept if mean else total
     if abs(value) > _LARGEST[dt] and math.isfinite(value):
         with np.errstate(over="ignore"):  # float32 overflow: inf, as the general path
@@ -845,6 +859,7 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
         ignored, denominator, kept = None, float(n), float(n)
 
     scale, z_coef = _gradient_scales(reduction, denominator, kept, z)
+    total = None  # the sum of the loss rows where the kernel gives it
     if half:
         g = grad.view(_U16) if grad is not None else None
         if kind == "index":
@@ -856,10 +871,10 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
     elif mod is not None:
         if compute != result:  # the dispatch above saw the half dtype
             mod = _kernels(backend, op, compute, n, k)
-        _ce_kernel(mod, op, kind, x2, t2, w, ignore_index, eps, scale, loss_rows, grad,
-                   z_coef, lse, correct, cap)
+        total = _ce_kernel(mod, op, kind, x2, t2, w, ignore_index, eps, scale, loss_rows,
+                           grad, z_coef, lse, correct, cap)
     loss = _reduce_loss(loss_rows, lse, z, ignored, reduction, denominator, kept,
-                        x.shape[:-1], result)
+                        x.shape[:-1], result, total)
     if want_grad:
         grad = _to_result(grad.reshape(x.shape), result)
     if not (return_lse or return_accuracy):

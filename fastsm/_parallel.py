@@ -107,7 +107,8 @@ def _shape_class(n: int, k: int) -> int:
 
 
 def run(mod, op: str, dtype, n: int, k: int, kernel, *args):
-    """``kernel(*args, nthreads)`` with the thread count chosen here (see the design above)."""
+    """``kernel(*args, nthreads)`` with the thread count chosen here (see the design above);
+    returns what the kernel returns."""
     global _cores_taken, _native_started
     threshold = mod.MIN_PARALLEL
     if threshold is None or n * k < threshold or n < 2 or _forked_after_native:
@@ -134,7 +135,7 @@ def run(mod, op: str, dtype, n: int, k: int, kernel, *args):
             _native_started = True
     try:
         t0 = time.perf_counter()
-        kernel(*args, nt)
+        value = kernel(*args, nt)
         elapsed = time.perf_counter() - t0
     finally:
         with _lock:
@@ -142,6 +143,7 @@ def run(mod, op: str, dtype, n: int, k: int, kernel, *args):
     if _adaptive and (nt == 1 or nt == team):  # a team cut short by callers: no sample
         with _lock:
             choice.record(engine, elapsed / (n * k), probe)
+    return value
 
 
 @contextlib.contextmanager

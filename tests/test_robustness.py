@@ -206,3 +206,18 @@ def test_compiled_entry_points_reject_arrays_they_would_misread(mod):
         with pytest.raises((TypeError, ValueError)):
             mod.ce_index(x, a["target"], a["weight"], -100, 0.0, 1.0, a["loss"], a["grad"],
                          0.0, a["lse"], None, 1)
+
+
+@pytest.mark.parametrize("mod", _modules_with("count_ignored"))
+def test_kernel_loss_sum_is_the_sum_of_the_rows(mod):
+    """Where ce_index returns the sum of its loss rows (optional in the contract), that sum
+    is as accurate as NumPy's pairwise one, at every length around its block sizes."""
+    import math
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 8, 9, 127, 128, 129, 1000, 4097):
+        x = (rng.standard_normal((n, 3)) * rng.choice([0.01, 1, 100], (n, 1))).astype(np.float64)
+        t = rng.integers(0, 3, n)
+        loss = np.empty(n)
+        total = mod.ce_index(x, t, np.ones(3), -100, 0.0, 1.0, loss, None, 0.0, None, None, 1)
+        exact = math.fsum(loss)
+        assert abs(total - exact) <= 4 * np.finfo(np.float64).eps * math.fsum(abs(loss)), n

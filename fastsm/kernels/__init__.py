@@ -66,4 +66,6 @@ to ignore_index; x.dtype (n, K) probabilities for ce_soft; ``weight``: float64 (
     loss[r]    = sum_c q_c * (lse_r - x[r, c])   (a term with q_c == 0 is 0, even at x = -inf)
     grad[r, c] = scale * (softmax(x)[r, c] * Q_r - q_c),   Q_r = sum_c q_c
     ignored rows (ce_index, y == ignore_index): loss 0 and a zero gradient row.
+    ce_index may return the sum of ``loss`` (a float, as accurate as NumPy's pairwise sum),
+    or None; the front then sums it itself.
 """
