@@ -759,12 +759,12 @@ _U64 = np.dtype(np.uint64)
 
 def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
     """The common call in few Python steps: 2-D C-contiguous float32/float64 logits,
-    int64 class indices of shape (n,), default options otherwise, an ignore_index that is
-    no class (so none is ignored) and reduction "mean" or "sum".  None where any of that
-    does not hold: the general path then runs (and raises for bad arguments).  The targets
-    are checked by the backend's ``count_ignored`` where it has one (ignored samples then
-    stay on this path: unit weights make the mean's denominator their count), else by one
-    NumPy reduction, and any ignored or bad target takes the general path.  4x16 float32
+    int64 class indices of shape (n,), default options otherwise, an int64 ignore_index
+    that is no class and reduction "mean" or "sum".  None where any of that does not hold:
+    the general path then runs (and raises for bad arguments).  The targets are checked by
+    the backend's ``count_ignored`` where it has one (ignored samples then stay on this
+    path: with unit weights the mean's denominator is the kept count), else by one NumPy
+    reduction, and any ignored or bad target takes the general path.  4x16 float32
     cross_entropy: the front cost 12.8 us of a 14.6 us call before this path, 6.2 of 8.0
     with it (/tmp/ovh.py; the kernel alone 1.8 us), 4.2 of 4.9 with count_ignored and the
     c backend's NumPy C-API entry points (the kernel 0.65 us)."""

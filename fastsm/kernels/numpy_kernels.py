@@ -47,6 +47,12 @@ _SHORT_K = 32
 _ARGMAX_MAX_K = 256
 
 
+# The reductions as ufunc methods: np.max / np.sum / x.min() go through Python wrappers
+# (numpy/_core/fromnumeric.py, _methods.py) costing ~1-2 us a call here, most of a
+# 64x128 call's per-row work.  Same loops, same results (NaN propagates alike).
+_MAX, _MIN, _SUM = np.maximum.reduce, np.minimum.reduce, np.add.reduce
+
+
 def _by_columns(a) -> bool:
     n, k = a.shape
     return k < _SHORT_K and n >= 16 * k
@@ -65,8 +71,8 @@ def _row_max(x):
     n, k = x.shape
     if not _by_columns(x):
         if k <= _ARGMAX_MAX_K:  # the value at argmax: the same max (NaN: the first NaN)
-            return x[np.arange(n), np.argmax(x, axis=1)][:, None]
-        return np.max(x, axis=1, keepdims=True)
+            return x[np.arange(n), x.argmax(axis=1)][:, None]
+        return _MAX(x, axis=1, keepdims=True)
     m = x[:, 0].copy()
     for c in range(1, k):
         np.maximum(m, x[:, c], out=m)
@@ -78,7 +84,7 @@ def _row_sum(e, dtype=None):
     block), or float64 column by column (_by_columns)."""
     k = e.shape[1]
     if not _by_columns(e):
-        return np.sum(e, axis=1, keepdims=True, dtype=dtype)
+        return _SUM(e, axis=1, keepdims=True, dtype=dtype)
     s = e[:, 0].astype(np.float64)
     for c in range(1, k):
         np.add(s, e[:, c], out=s)
@@ -101,8 +107,8 @@ def _softmax_shift(xb):
     """The block's shift: its largest value where the block allows that, else row maxima."""
     k = xb.shape[1]
     if _SHORT_K <= k <= _SHIFT_MAX_K or (k < _SHORT_K and not _by_columns(xb)):
-        hi = xb.max()
-        if hi - xb.min() < _SHIFT_RANGE:  # False for NaN and for any infinity
+        hi = _MAX(xb, axis=None)
+        if hi - _MIN(xb, axis=None) < _SHIFT_RANGE:  # False for NaN and for any infinity
             return hi
     return _row_max(xb)
 
@@ -140,9 +146,9 @@ def _log_sum(e, s):
         if s.dtype == np.float64:
             s64 = s[rows, 0]
         elif many:
-            s64 = np.sum(e, axis=1, dtype=np.float64)[rows]
+            s64 = _SUM(e, axis=1, dtype=np.float64)[rows]
         else:
-            s64 = np.sum(e[rows], axis=1, dtype=np.float64)
+            s64 = _SUM(e[rows], axis=1, dtype=np.float64)
         rest = s64 - 1.0
         fine = rest >= 2.0 ** -20
         logs[rows[fine], 0] = np.log1p(rest[fine])
@@ -153,7 +159,7 @@ def _log_sum(e, s):
         rest = _row_sum(e * (e < 1), np.float64)[rows, 0]
     else:
         er = e[rows]
-        rest = np.sum(er, axis=1, where=er < 1, dtype=np.float64)
+        rest = _SUM(er, axis=1, where=er < 1, dtype=np.float64)
     logs[rows, 0] = np.log1p(rest)
     return logs
 
@@ -275,7 +281,7 @@ def _column_sums(x, e, z=None):
     us (its sequential error grows with the column); halving pairwise three times in
     float32 before the float64 sum cost 0.83-0.90x the NumPy baseline's softmax time
     where the groups give 1.01-1.06x."""
-    m = np.max(x, axis=1, keepdims=True)
+    m = _MAX(x, axis=1, keepdims=True)
     if z is None:
         np.subtract(x, m, out=e)
         np.exp(e, out=e)
