@@ -51,8 +51,10 @@ def _dtypes(dt: np.dtype, what: str):
 def _reusable_out(out, x, shape, dt):
     """Whether ``out`` can take a kernel's result directly: an ndarray of ``shape`` and
     ``dt``, C-contiguous, writeable, and ``x`` itself or not overlapping it."""
-    return (type(out) is np.ndarray and out.dtype == dt and out.shape == shape
-            and out.flags.c_contiguous and out.flags.writeable
+    if type(out) is not np.ndarray or not (out.dtype is dt or out.dtype == dt):
+        return False
+    flags = out.flags  # a new object per access
+    return (out.shape == shape and flags.c_contiguous and flags.writeable
             and (out is x or not np.may_share_memory(out, x)))
 
 
