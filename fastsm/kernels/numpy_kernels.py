@@ -352,8 +352,8 @@ def _cross_entropy(x, terms_of_block, scale, loss, grad, z_coef, lse):
             e = np.exp(z, out=grad[rows] if grad is not None else None)
             s = _row_sum(e)
             logs = _log_sum(e, s)
-            # sum_c q_c (lse - x_c) = Q log s - sum_c q_c (x_c - m)
-            loss[rows] = big_q[:, 0] * logs[:, 0] - qz
+            # sum_c q_c (lse - x_c) = Q log s - sum_c q_c (x_c - m); Q may be a scalar
+            loss[rows] = (big_q[:, 0] if type(big_q) is np.ndarray else big_q) * logs[:, 0] - qz
             if lse is not None:
                 lse[rows] = (m + logs)[:, 0]
                 odd = np.flatnonzero(~np.isfinite(m[:, 0]))  # +-inf or NaN max: as logsumexp
@@ -377,6 +377,21 @@ def ce_index(x, target, weight, ignore_index, smoothing, scale, loss, grad, z_co
     used = weight != 0.0  # a class of weight 0 contributes 0 even where x = -inf
     w_used = weight[used]
     dtype = x.dtype
+    ignored = target == ignore_index
+    any_ignored = ignored.any()
+
+    def plain_terms(rows, z):
+        """q = [c == y]: unit weights, no smoothing, no ignored sample (the common call:
+        3 NumPy calls a block where the general terms make ~12; 64x128 CE+grad ~10%)."""
+        t = target[rows]
+        at = (np.arange(t.shape[0]), t)
+        qz = z[at].astype(np.float64)
+
+        def shift(gb, a):
+            np.multiply(gb, a, out=gb)
+            gb[at] -= dtype.type(scale)
+
+        return qz, 1.0, shift
 
     def terms_of_block(rows, z):
         t = target[rows]
@@ -406,9 +421,10 @@ def ce_index(x, target, weight, ignore_index, smoothing, scale, loss, grad, z_co
 
         return qz, big_q, shift
 
-    _cross_entropy(x, terms_of_block, scale, loss, grad, z_coef, lse)
-    ignored = target == ignore_index
-    if ignored.any():  # exp of a NaN row times q = 0 would leave NaN where 0 is owed
+    plain = not eps and not any_ignored and w_sum == k and bool((weight == 1.0).all())
+    _cross_entropy(x, plain_terms if plain else terms_of_block, scale, loss, grad, z_coef,
+                   lse)
+    if any_ignored:  # exp of a NaN row times q = 0 would leave NaN where 0 is owed
         loss[ignored] = 0.0
         if grad is not None:
             grad[ignored] = 0
