@@ -75,14 +75,12 @@ FSM_INLINE float fsm_expf(float x)
     int32_t ni = ti - 0x4b400000;
     float r = x - n * 0.693145751953125f; /* ln2 high part: n * it is exact */
     r = r - n * 1.428606765330187045e-06f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    /* Taylor to degree 7 in Estrin's form: 3 dependent steps after r^2 where Horner's
+     * form took 8, so the rows' exp loops wait less on one vector's chain */
+    float r2 = r * r;
+    float a0 = r + 1.0f, a1 = r * (1.0f / 6.0f) + 0.5f;
+    float a2 = r * (1.0f / 120.0f) + 1.0f / 24.0f, a3 = r * (1.0f / 5040.0f) + 1.0f / 720.0f;
+    float p = (a1 * r2 + a0) + (a3 * r2 + a2) * (r2 * r2);
     int32_t n1 = ni >> 1, n2 = ni - n1; /* 2^n = 2^n1 * 2^n2, each a normal number */
     uint32_t b1 = (uint32_t)(n1 + 127) << 23, b2 = (uint32_t)(n2 + 127) << 23;
     float s1, s2;
