@@ -36,7 +36,7 @@ Design
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t
 
 cnp.import_array()
 
@@ -81,6 +81,9 @@ cdef extern from "rowops.h" nogil:
                                 int log_out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
     void fsm_from_lse_parts_f64(const double *x, const double *m, const double *L, double *out,
                                 int log_out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K)
+    Py_ssize_t fsm_check_targets(const int64_t *t, Py_ssize_t n, int64_t k,
+                                 int64_t ignore_index, Py_ssize_t *ignored)
+    double fsm_pairwise_sum(const double *a, Py_ssize_t n)
     const char *fsm_isa()
     void fsm_half_convert(const void *src, void *dst, Py_ssize_t n, int kind, int widen,
                           int portable)
@@ -379,54 +382,11 @@ cdef void _run_ce(const real *x, const _CeArgs *a, Py_ssize_t n, Py_ssize_t k,
             _ce_rows(x, a, r0, r1, k)
 
 
-cdef double _pairwise_sum(const double *a, Py_ssize_t n) noexcept nogil:
-    """sum of a[:n], pairwise: halves down to blocks of at most 128, each summed in 8
-    interleaved partial sums (error O(log n) ulp, as NumPy's sum; vectorises)."""
-    cdef double r[8]
-    cdef double res
-    cdef Py_ssize_t i, l, half
-    if n > 128:
-        half = (n // 2) & ~(<Py_ssize_t>7)
-        return _pairwise_sum(a, half) + _pairwise_sum(a + half, n - half)
-    if n < 8:
-        res = 0.0
-        for i in range(n):
-            res += a[i]
-        return res
-    for l in range(8):
-        r[l] = a[l]
-    for i in range(1, n // 8):
-        for l in range(8):
-            r[l] += a[8 * i + l]
-    res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-    for i in range(n - n % 8, n):
-        res += a[i]
-    return res
-
-
-cdef Py_ssize_t _first_bad_target(const int64_t *t, Py_ssize_t n, int64_t k,
-                                  int64_t ignore_index, Py_ssize_t *ignored) noexcept nogil:
-    """-1 if every t[i] is in [0, k) or equal to ignore_index (and how many are, into
-    ``ignored``), else the first i where not."""
-    cdef Py_ssize_t i, count = 0
-    cdef int bad = 0
-    for i in range(n):  # branch-free, so it vectorises; the position only on failure
-        bad |= ((<uint64_t>t[i] >= <uint64_t>k) & (t[i] != ignore_index))
-        count += t[i] == ignore_index
-    ignored[0] = count
-    if not bad:
-        return -1
-    for i in range(n):
-        if <uint64_t>t[i] >= <uint64_t>k and t[i] != ignore_index:
-            return i
-    return -1
-
-
 cdef int _check_targets(const int64_t *t, Py_ssize_t n, int64_t k, int64_t ignore_index,
                         Py_ssize_t *ignored) except -1:
     cdef Py_ssize_t bad
     with nogil:
-        bad = _first_bad_target(t, n, k, ignore_index, ignored)
+        bad = fsm_check_targets(t, n, k, ignore_index, ignored)
     if bad >= 0:
         raise ValueError(f"target value {t[bad]} at index {bad} is out of range: expected a "
                          f"class index in [0, {k}) or ignore_index={ignore_index}")
@@ -483,7 +443,7 @@ def ce_index(cnp.ndarray x not None, target, weight, int64_t ignore_index, doubl
             _run_ce(<const float *>px, &a, n, k, nthreads)
         else:
             _run_ce(<const double *>px, &a, n, k, nthreads)
-        total = _pairwise_sum(a.loss, n)
+        total = fsm_pairwise_sum(a.loss, n)
     return total
 
 

@@ -53,6 +53,13 @@ int fsm_ce_half(const uint16_t *x, int kind, const int64_t *index, const uint16_
 void fsm_half_convert(const void *src, void *dst, ptrdiff_t n, int kind, int widen,
                       int portable);
 
+/* -1 if every t[i] is in [0, k) or equal to ignore_index (how many are: *ignored), else
+ * the first i where not. */
+ptrdiff_t fsm_check_targets(const int64_t *t, ptrdiff_t n, int64_t k, int64_t ignore_index,
+                            ptrdiff_t *ignored);
+/* sum of a[:n], pairwise (error O(log n) ulp). */
+double fsm_pairwise_sum(const double *a, ptrdiff_t n);
+
 /* Which instruction set the dispatcher picked at load time (for show_config). */
 const char *fsm_isa(void);
 
