@@ -198,3 +198,21 @@ def test_softmax_of_rows_far_below_the_block_max(backend, dtype, k):
     assert float(x.max()) - float(x.min()) < 24.0
     assert_probabilities(fastsm.softmax(x, backend=backend), oracle.softmax(x), dtype,
                          f"{backend} k={k}")
+
+
+@pytest.mark.parametrize("r", [1, 2, 3, 5, 7, 16, 17, 600, 1001])
+def test_numpy_column_sums_by_halving(r):
+    """The numpy backend's float64 sums down a column (a non-last axis): pairwise by
+    halving, every row counted once, within a few ulp of the exact sum."""
+    import math
+
+    from fastsm.kernels import numpy_kernels
+
+    rng = np.random.default_rng(r)
+    e = rng.random((2, r, 19)) * rng.choice([1e-3, 1.0, 1e3], (2, r, 1))
+    got = numpy_kernels._halving_sum(e)
+    assert got.shape == (2, 1, 19)
+    for i in range(2):
+        for j in range(19):
+            exact = math.fsum(e[i, :, j])
+            assert abs(got[i, 0, j] - exact) <= 4 * np.finfo(np.float64).eps * exact, (r, i, j)

@@ -291,14 +291,37 @@ def from_lse_parts(x, m, L, out, log, nthreads=1):
 # (a, R, b) array reduced over R.  NumPy reduces that middle axis a row of b at a time, in
 # vector steps, so float32 needs no transposed copy: 1000x512 along axis 0, NumPy-baseline
 # time / ours (interleaved, 5 runs): softmax 0.86-1.28, log_softmax 0.78-0.95, logsumexp
-# 0.77-0.89, where the transposing front measured 0.53-0.61.  float64 is not taken
-# (COLS_DTYPES): a sum down a column is sequential, 14 ulp of log_softmax at 600 rows
-# against the 4 ulp bar, so it keeps the front's tiled transpose and NumPy's pairwise row
-# sums.  Columns whose plain formula may be wrong, a sum under 2 (a near-zero log term, see
+# 0.77-0.89, where the transposing front measured 0.53-0.61.  float64 sums by halving
+# (_halving_sum): a sum straight down a column is sequential (14 ulp of log_softmax at
+# 600 rows).  Columns whose plain formula may be wrong, a sum under 2 (a near-zero log term, see
 # _log_sum) or a max that is not finite, go through the row kernels on a gathered copy:
 # rare, and then every rule of the row kernels holds for them too.
-COLS_DTYPES = ("float32",)
+COLS_DTYPES = ("float32", "float64")
 _COL_GROUP = 16
+
+
+def _halving_sum(e):
+    """(a, 1, b) sums of float64 e (a, R, b) over R, pairwise by halving: each level adds
+    the upper half's rows onto the lower half's in one NumPy call (an odd last row onto
+    the first), log2 R levels and O(log R) roundings a column, where a sum straight down
+    a column (NumPy's axis reduction) makes R: 14 ulp of log_softmax at 600 rows, over the
+    4 ulp bar, which kept float64 on the front's transposed copy (0.52-0.65x the NumPy
+    baseline's time at 1000x512 along axis 0)."""
+    r = e.shape[1]
+    if r == 1:
+        return e.copy()
+    h = r // 2
+    buf = np.add(e[:, :h], e[:, h:2 * h])
+    if r % 2:
+        buf[:, :1] += e[:, 2 * h:]
+    r = h
+    while r > 1:
+        h = r // 2
+        np.add(buf[:, :h], buf[:, h:2 * h], out=buf[:, :h])
+        if r % 2:
+            buf[:, :1] += buf[:, 2 * h:r]
+        r = h
+    return buf[:, :1]
 
 
 def _column_sums(x, e, z=None):
@@ -308,7 +331,8 @@ def _column_sums(x, e, z=None):
     1000x512 float32: a float64 sum of the whole array (its cast) 392 us, a float32 one 129
     us (its sequential error grows with the column); halving pairwise three times in
     float32 before the float64 sum cost 0.83-0.90x the NumPy baseline's softmax time
-    where the groups give 1.01-1.06x."""
+    where the groups give 1.01-1.06x, and halving in float64 from the first level (the
+    float64 columns' _halving_sum) 0.61-0.77x where the groups gave 0.77-0.96x."""
     m = _MAX(x, axis=1, keepdims=True)
     if z is None:
         np.subtract(x, m, out=e)
@@ -317,6 +341,8 @@ def _column_sums(x, e, z=None):
         np.subtract(x, m, out=z)
         np.exp(z, out=e)
     a, r, b = e.shape
+    if e.dtype == np.float64:
+        return m, _halving_sum(e)
     if r < 2 * _COL_GROUP:
         return m, np.sum(e, axis=1, keepdims=True, dtype=np.float64)
     whole = r - r % _COL_GROUP
