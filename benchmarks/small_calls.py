@@ -18,7 +18,9 @@ from fastsm.bench import cell_data
 
 # torch is imported in the functions: asv imports every module of benchmarks/ to find its
 # benchmarks, where torch may be absent
-BUSY = "import torch; torch.set_num_threads(2); x = torch.randn(4096, 1000)\nwhile True: torch.softmax(x, -1)"
+BUSY = ("import torch; torch.set_num_threads(2); x = torch.randn(4096, 1000)\n"
+        "while True: torch.softmax(x, -1)")
+
 
 def measure(label, rounds=9, with_torch=True):
     import torch
@@ -28,12 +30,16 @@ def measure(label, rounds=9, with_torch=True):
     for dt in ("float32", "float64"):
         x, t = cell_data((64, 128), dt, True)
         tx, tt = torch.from_numpy(x), torch.from_numpy(t)
-        fs = {"fastsm CE": lambda: fastsm.cross_entropy(x, t), "torch CE": lambda: F.cross_entropy(tx, tt),
-              "fastsm softmax": lambda: fastsm.softmax(x), "torch softmax": lambda: torch.softmax(tx, -1),
-              "fastsm log_softmax": lambda: fastsm.log_softmax(x), "torch log_softmax": lambda: torch.log_softmax(tx, -1)}
+        fs = {"fastsm CE": lambda: fastsm.cross_entropy(x, t),
+              "torch CE": lambda: F.cross_entropy(tx, tt),
+              "fastsm softmax": lambda: fastsm.softmax(x),
+              "torch softmax": lambda: torch.softmax(tx, -1),
+              "fastsm log_softmax": lambda: fastsm.log_softmax(x),
+              "torch log_softmax": lambda: torch.log_softmax(tx, -1)}
         if not with_torch:
             fs = {k: f for k, f in fs.items() if k.startswith("fastsm")}
-        for f in fs.values(): f()
+        for f in fs.values():
+            f()
         ts = {k: [] for k in fs}
         for r in range(rounds):
             for k, f in fs.items():

@@ -659,10 +659,11 @@ _CAP_BLOCK = 1 << 18  # elements per soft-capped block: the capped copy never ex
 def _ce_kernel(mod, op, kind, x2, t2, w, ignore_index, eps, scale, loss_rows, grad, z_coef,
                lse, correct, softcap):
     """The backend's cross-entropy kernel on (n, k) rows; returns the sum of the loss rows
-    where one kernel call gave it (see the kernel contract), else None.  With ``softcap`` the rows go in
-    blocks of _CAP_BLOCK elements: each block's capped logits c tanh(x / c) are made in a
-    block-sized buffer, the kernel runs on them, and the block's gradient takes the chain
-    rule's factor 1 - tanh^2 (the capped copy of the whole array is never made).
+    where one kernel call gave it (see the kernel contract), else None.  With ``softcap``
+    the rows go in blocks of _CAP_BLOCK elements: each block's capped logits c tanh(x / c)
+    are made in a block-sized buffer, the kernel runs on them, and the block's gradient
+    takes the chain rule's factor 1 - tanh^2 (the capped copy of the whole array is never
+    made).
     ``grad`` may be ``x2`` itself (the gradient written over the logits, as the fused
     linear cross-entropy does to halve its buffers): the kernels read a row's logits after
     writing its gradient row, so each block of logits is then copied to a block-sized
@@ -766,10 +767,10 @@ def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
     the general path then runs (and raises for bad arguments).  The targets are checked by
     the backend's ``count_ignored`` where it has one (ignored samples then stay on this
     path: with unit weights the mean's denominator is the kept count), else by one NumPy
-    reduction, and any ignored or bad target takes the general path.  4x16 float32
-    cross_entropy: the front cost 12.8 us of a 14.6 us call before this path, 6.2 of 8.0
-    with it (/tmp/ovh.py; the kernel alone 1.8 us), 4.2 of 4.9 with count_ignored and the
-    c backend's NumPy C-API entry points (the kernel 0.65 us)."""
+    reduction, and any ignored or bad target takes the general path.  A 4x16 float32
+    cross_entropy (timeit, this machine): the front cost 12.8 us of a 14.6 us call before
+    this path, 6.2 of 8.0 with it (the kernel alone 1.8 us), 4.2 of 4.9 with count_ignored
+    and the c backend's NumPy C-API entry points (the kernel 0.65 us)."""
     if type(x) is not np.ndarray or type(target) is not np.ndarray or x.ndim != 2:
         return None
     dt = x.dtype
