@@ -206,7 +206,7 @@ cdef int _check(object a, str name, int t, int ndim, cnp.npy_intp d0, cnp.npy_in
                 bint writes) except -1:
     """``a`` is a C-contiguous ndarray of type number ``t`` and shape (d0,) or (d0, d1),
     writeable if ``writes``; else a TypeError / ValueError naming it."""
-    if type(a) is not cnp.ndarray:
+    if not isinstance(a, cnp.ndarray):  # subclasses too (np.memmap out=, as before)
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     if cnp.PyArray_TYPE(arr) != t:
@@ -398,7 +398,7 @@ def count_ignored(target, Py_ssize_t k, int64_t ignore_index):
     other is in [0, k); else a ValueError naming the first that is not (the front's
     message).  Optional in the kernel contract: the front's common cross-entropy call
     checks its targets here instead of by a NumPy reduction (~1.5 us of a small call)."""
-    if type(target) is not cnp.ndarray:
+    if not isinstance(target, cnp.ndarray):
         raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
     cdef cnp.ndarray t = <cnp.ndarray>target
     _check(t, "target", cnp.NPY_INT64, 1, cnp.PyArray_DIMS(t)[0], 0, False)
