@@ -137,6 +137,16 @@ def softmax(x, out, nthreads=1):
             np.multiply(ob, s.astype(ob.dtype, copy=False), out=ob)
 
 
+def _log_and_final(e, s, out=None):
+    """(the log of the row sums s of e = exp(x - m), where that log is final): log(s) and
+    s >= 2, or for float32 rows summed in float64 (_sums_dtype) log1p(s - 1) and s - 1 >=
+    2^-20.  Both are False for a NaN s; the rest need _log_sum's careful sums."""
+    if e.dtype == np.float32 and s.dtype == np.float64:
+        t = s - 1.0
+        return np.log1p(t, out=out), t >= 2.0 ** -20  # s = 0 (all -inf): log1p(-1) = -inf
+    return np.log(s, out=out), s >= 2.0
+
+
 def _log_sum(e, s):
     """log(s) per row, s = sum_c e[r, c] with e = exp(x - m) (the max's own 1 included);
     on rows where s < 2, log1p of the sum without that 1, in float64, where the small
@@ -151,21 +161,14 @@ def _log_sum(e, s):
     float32 rows summed in float64 (``_sums_dtype``) take log1p(s - 1) on every row, so
     only rows with s - 1 under 2^-20 (rare) need more calls: with log(s) and then the
     rows of s < 2 apart, a 64x128 call made ~10 more NumPy calls nearly every time."""
-    if e.dtype == np.float32 and s.dtype == np.float64:
-        t = s - 1.0
-        logs = np.log1p(t)  # s = 0 (all -inf): log1p(-1) = -inf = log(0)
-        rare = t[:, 0] < 2.0 ** -20
-        if not rare.any():
-            return logs
-        rows = np.flatnonzero(rare & (t[:, 0] >= 0.0))  # a finite max and no NaN
+    logs, final = _log_and_final(e, s)
+    if final.all():  # one compare for the common case of long rows
+        return logs
+    rows = np.flatnonzero(~final[:, 0] & (s[:, 0] >= 1.0))  # also: a finite max and no NaN
+    if e.dtype == np.float32 and s.dtype == np.float64:  # rows with s - 1 under 2^-20
         er = e[rows]
         logs[rows, 0] = np.log1p(_SUM(er, axis=1, where=er < 1, dtype=np.float64))
         return logs
-    logs = np.log(s)
-    below_2 = s[:, 0] < 2.0
-    if not below_2.any():  # one compare for the common case of long rows
-        return logs
-    rows = np.flatnonzero(below_2 & (s[:, 0] >= 1.0))  # also: a finite max and no NaN
     many = 4 * rows.size > e.shape[0]  # then the whole block costs less than a gather
     if e.dtype == np.float32:
         if many:
@@ -230,13 +233,7 @@ def _lse_rows(x, lse=None, m=None, L=None):
             np.exp(z, out=z)
             s = _row_sum(z, _sums_dtype(z))
             Lb = L[rows]
-            if z.dtype == np.float32 and s.dtype == np.float64:  # as _log_sum
-                t = s[:, 0] - 1.0
-                np.log1p(t, out=Lb)
-                plain = t >= 2.0 ** -20
-            else:
-                np.log(s[:, 0], out=Lb)
-                plain = s[:, 0] >= 2.0
+            plain = _log_and_final(z, s[:, 0], out=Lb)[1]
             count = np.count_nonzero(plain)
             if count < plain.size:
                 odd = np.flatnonzero(~plain)
@@ -406,8 +403,8 @@ def _cross_entropy(x, terms_of_block, scale, loss, grad, z_coef, lse):
             e = np.exp(z, out=grad[rows] if grad is not None else None)
             s = _row_sum(e, _sums_dtype(e))
             logs = _log_sum(e, s)
-            # sum_c q_c (lse - x_c) = Q log s - sum_c q_c (x_c - m); Q may be a scalar
-            loss[rows] = (big_q[:, 0] if type(big_q) is np.ndarray else big_q) * logs[:, 0] - qz
+            # sum_c q_c (lse - x_c) = Q log s - sum_c q_c (x_c - m); Q: (rows, 1) or scalar
+            loss[rows] = (big_q * logs)[:, 0] - qz
             if lse is not None:
                 lse[rows] = (m + logs)[:, 0]
                 odd = np.flatnonzero(~np.isfinite(m[:, 0]))  # +-inf or NaN max: as logsumexp

@@ -173,7 +173,7 @@ FSM_CLONES double fsm_pairwise_sum(const double *a, ptrdiff_t n)
         ptrdiff_t half = (n / 2) & ~(ptrdiff_t)15;
         return fsm_pairwise_sum(a, half) + fsm_pairwise_sum(a + half, n - half);
     }
-    double r[16] = {0.0}, res = 0.0;
+    double r[16] = {0.0};
     ptrdiff_t whole = n & ~(ptrdiff_t)15;
     for (ptrdiff_t i = 0; i < whole; i += 16)
 #pragma omp simd
@@ -182,7 +182,7 @@ FSM_CLONES double fsm_pairwise_sum(const double *a, ptrdiff_t n)
     for (int w = 8; w >= 1; w /= 2)
         for (int l = 0; l < w; l++)
             r[l] += r[l + w];
-    res = r[0];
+    double res = r[0];
     for (ptrdiff_t i = whole; i < n; i++)
         res += a[i];
     return res;

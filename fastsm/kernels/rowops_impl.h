@@ -10,7 +10,7 @@
  * 1.73 ns an element, K = 128 0.80; a max loop from c = 1 cost 64x128 a third of its
  * time).  So row loops run over whole groups of FSM_VW elements (FSM_WHOLE: the epilogue
  * is compiled but never runs), and the remainder once more over the row's last FSM_VW
- * elements with only the lanes not yet done active: FSM_TAIL gives the condition, which
+ * elements with only the lanes not yet done active: FSM_MAP_ROW's `c >= kv_`, which
  * becomes masked stores and selects (out may alias x: the inactive lanes read results
  * already written, and discard them).  Rows under FSM_VW keep the plain loop. */
 #define FSM_VW 16
