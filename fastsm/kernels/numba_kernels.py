@@ -14,14 +14,16 @@ Design
 - Vectors: every hot function asks LLVM for 512-bit vectors (``_wide_vectors``); the
   generated code is checked with ``inspect_asm`` (zmm FMAs, vpmaxsd, no gathers).
 - Sums accumulate in float64 (200k float32 classes keep 3e-6), in a function of their
-  own: the exp loops carry only ``contract``.  Rows shorter than 32 are shifted tile by
-  tile and exp runs once over the contiguous tile, since a 10-element loop never reaches
-  the vector body.
+  own: the exp loops carry only ``contract``.  Rows shorter than 32 go tile by tile, since
+  a 10-element loop never reaches the vector body: rows up to 96 bytes through a
+  transposed copy of the tile (max, exp and sums down columns, one lane per row), the
+  others shifted and exp run once over the contiguous tile.
 - Near zero: the log ops take log1p of the exp-sum without the max's own 1 where the
   sum is below 2 (``_row_stats``' ``ts``, ``_log_sum``), so lse([0, -40]) is 4.2e-18, not
   0: long rows sum again for those rows only; short float32 rows need it only where
   s - 1 < 2^-20, short float64 rows sum their terms with the 1s kept out (see
-  ``_row_stats``); the float64 ones still cost 6-17% of a 65536x10 log op or CE+grad.
+  ``_row_stats``); in the transposed tiles that costs a compare and a masked add per
+  element.
 - Rows are walked in L1-sized tiles, each finished (scaled, logged) while in L1; one
   kernel driver (``_tiled``) with one finisher per op.
 - Each kernel exists twice, serial and ``parallel=True``; calls under ``MIN_PARALLEL``
@@ -314,6 +316,122 @@ def _workspace(xf, k):
             np.empty(tile, np.float64), scratch)
 
 
+# Short rows across rows: a tile of R rows transposed to vt[c * R + r], so the max, exp and
+# sums run down columns of R lanes (plain vector loops over contiguous memory) instead of a
+# 10-element loop per row.  Measured (65536 rows, 1 thread, stats and exponentials only,
+# interleaved medians, time transposed / row by row): float32 K = 4, 10, 16, 24, 31: 0.55,
+# 0.83, 0.83, 0.94, 1.11; float64 K = 4, 8, 15, 24: 0.58, 0.81, 1.04, 1.17.  Whole kernels
+# (2 threads, ``benchmarks.ab_kernels``, against the row code): K = 4-16 0.51-0.99 but
+# float64 K = 16 1.01-1.03; K = 24 float32 log_softmax 0.90, softmax and CE+grad 1.14
+# (the transposition back of the kept exponentials).  Hence rows of up to _T_ROW_BYTES and
+# 16 classes, and float32 log ops up to 24.  The 16-row register blocks of the c
+# backend's lanes_rows did not vectorise here (scalar moves, 2.5x the row code): LLVM
+# could not keep Numba's arrays of 16 apart.  Reading the tile a column at a time (strided loads) beat writing vt
+# a row at a time by 5-20%.
+_T_ROW_BYTES = 96
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
+def _transpose_in(xb, vt, k, rows):
+    _wide_vectors()
+    for c in range(k):
+        vc = vt[c * rows:c * rows + rows]
+        for r in range(vc.size):
+            vc[r] = xb[r * k + c]
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
+def _transpose_out(vt, ob, k, rows):
+    _wide_vectors()
+    for r in range(rows):
+        orow = ob[r * k:r * k + k]
+        for c in range(k):
+            orow[c] = vt[c * rows + r]
+
+
+@njit(error_model="numpy")
+def _column_max(m, v):
+    """m = max(m, v) lane by lane, on the integer keys (see _row_max)."""
+    _wide_vectors()
+    for j in range(m.size):
+        a = v[j]
+        b = m[j]
+        m[j] = a if _order_key(_reinterpret_bits(a)) > _order_key(_reinterpret_bits(b)) else b
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
+def _column_exp_sum(v, m, s, store):
+    """s += exp(v - m) lane by lane (in float64); v = those exponentials where store."""
+    _wide_vectors()
+    for j in range(v.size):
+        e = _exp(v[j] - m[j])
+        if store:
+            v[j] = e
+        s[j] += np.float64(e)
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
+def _column_exp_split(v, m, rest, ones, store):
+    """As _column_exp_sum, with the terms >= 1 (the max's own, ties, terms that rounded to
+    1) counted in ``ones`` and kept out of ``rest``, whose digits t needs; NaN goes into
+    rest."""
+    _wide_vectors()
+    for j in range(v.size):
+        e = _exp(v[j] - m[j])
+        if store:
+            v[j] = e
+        one = e >= 1.0
+        rest[j] += 0.0 if one else np.float64(e)
+        ones[j] += 1.0 if one else 0.0
+
+
+@njit(error_model="numpy")
+def _rest_again(xr, m):
+    """sum exp(x - m) over a short row but its first maximal element (computed again)."""
+    skip = 0
+    while skip < xr.size - 1 and xr[skip] != m:
+        skip += 1
+    rest = 0.0
+    for c in range(xr.size):
+        rest += np.float64(_exp(xr[c] - m)) if c != skip else 0.0
+    return rest
+
+
+@njit(inline="always", error_model="numpy")
+def _transposed_stats(xb, buf, vt, nb, k, store, ms, ss, ts, want_t):
+    """_row_stats for a tile of nb short rows through the transposed copy vt (>= nb * k):
+    the same m and s as the row code, lane by lane; t as the row code's (float32: s - 1
+    from the float64 sum unless under 2^-20; float64: the terms under 1 summed apart)."""
+    vt = vt[:nb * k]
+    m = ms[:nb]
+    s = ss[:nb]
+    t = ts[:nb]
+    _transpose_in(xb, vt, k, nb)
+    m[:] = vt[:nb]
+    for c in range(1, k):
+        _column_max(m, vt[c * nb:c * nb + nb])
+    s[:] = 0.0
+    wide_t = want_t and xb.itemsize == 8
+    if wide_t:
+        t[:] = 0.0
+        for c in range(k):
+            _column_exp_split(vt[c * nb:c * nb + nb], m, s, t, store)
+        for j in range(nb):
+            rest = s[j]
+            s[j] = rest + t[j]
+            t[j] = rest + (t[j] - 1.0)
+    else:
+        for c in range(k):
+            _column_exp_sum(vt[c * nb:c * nb + nb], m, s, store)
+        t[:] = -1.0
+        if want_t:
+            for j in range(nb):
+                if s[j] < 1.0 + 2.0 ** -20:  # rare: predicted
+                    t[j] = _rest_again(xb[j * k:j * k + k], m[j])
+    if store:
+        _transpose_out(vt, buf, k, nb)
+
+
 @njit(error_model="numpy")
 def _short_rest(xb, buf, lo, k, m):
     """sum of a short row's exponentials buf[lo:lo+k] but the first maximal one's."""
@@ -358,8 +476,11 @@ def _row_stats(xf, ef, r0, r1, k, store, ms, ss, ts, scratch, want_t):
             ts[i - r0] = _sum_but_max(xf, lo, k, m, scratch) if want_t and total < 2.0 else -1.0
         return
     nb = r1 - r0
-    buf = ef[r0 * k:r1 * k] if store else scratch[:nb * k]
     xb = xf[r0 * k:r1 * k]
+    if k * xf.itemsize <= _T_ROW_BYTES and (k <= 16 or not store):
+        _transposed_stats(xb, ef[r0 * k:r1 * k], scratch, nb, k, store, ms, ss, ts, want_t)
+        return
+    buf = ef[r0 * k:r1 * k] if store else scratch[:nb * k]
     # float64 log ops: the maxima's exact 1s come out of the exponentials (the scratch
     # holds nothing else) and are counted, so each row's plain sum is t's rest
     tops = want_t and xf.itemsize == 8 and not store

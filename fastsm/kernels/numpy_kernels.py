@@ -235,29 +235,52 @@ def _lse_rows(x, lse=None, m=None, L=None):
             Lb = L[rows]
             plain = _log_and_final(z, s[:, 0], out=Lb)[1]
             count = np.count_nonzero(plain)
+            odd = None
             if count < plain.size:
                 odd = np.flatnonzero(~plain)
-                finite = np.isfinite(mb[odd, 0])
-                if not finite.all():  # shifted by 0: the logsumexp itself
-                    bad = odd[~finite]
-                    Lb[bad] = np.log(np.sum(np.exp(xb[bad]), axis=1))
-                    odd = odd[finite]
                 if 4 * odd.size > xb.shape[0] or xb.shape[0] == n:  # or one block: no gather
-                    Lb[odd] = _log_sum(z[odd], s[odd])[:, 0]
-                elif odd.size:
+                    _careful_rows(xb, mb, z[odd], s[odd], odd, Lb)
+                else:  # their lse below is overwritten by the pass after the blocks
                     later.append(rows.start + odd)
+                    odd = None
             if lse is not None:
                 np.add(mb[:, 0], Lb, out=lse[rows])
-                if count < plain.size and not finite.all():
-                    lse[rows][bad] = Lb[bad]
+                if odd is not None:
+                    _nonfinite_lse(mb, odd, Lb, lse[rows])
         if later:
             careful = np.concatenate(later)
             xr = x[careful]
             mr = _row_max(xr)
-            z = np.exp(xr - mr)
-            L[careful] = _log_sum(z, _row_sum(z, _sums_dtype(z)))[:, 0]
+            with_max = np.isfinite(mr[:, 0])
+            z = np.exp(np.subtract(xr, mr, where=with_max[:, None], out=np.zeros_like(xr)))
+            Lr = np.empty(careful.size)
+            every = np.arange(careful.size)
+            _careful_rows(xr, mr, z, _row_sum(z, _sums_dtype(z)), every, Lr)
+            L[careful] = Lr
             if lse is not None:
-                lse[careful] = mr[:, 0] + L[careful]
+                lse[careful] = mr[:, 0] + Lr
+                _nonfinite_lse(mr, every, Lr, lse, careful)
+
+
+def _careful_rows(xb, mb, z, s, odd, Lb):
+    """Lb[odd] for rows odd of a block whose log s is not final (_log_and_final): the
+    careful log1p (_log_sum) where the max is finite, else the logsumexp itself
+    (a row shifted by an infinite or NaN max: log sum exp x, as scipy).  z, s: those
+    rows' exponentials and sums."""
+    finite = np.isfinite(mb[odd, 0])
+    if not finite.all():
+        bad = odd[~finite]
+        Lb[bad] = np.log(np.sum(np.exp(xb[bad]), axis=1))
+        Lb[odd[finite]] = _log_sum(z[finite], s[finite])[:, 0]
+    else:
+        Lb[odd] = _log_sum(z, s)[:, 0]
+
+
+def _nonfinite_lse(mb, odd, Lb, lse, at=None):
+    """lse = L on rows odd whose max is not finite (L is then the logsumexp itself)."""
+    bad = odd[~np.isfinite(mb[odd, 0])]
+    if bad.size:
+        lse[bad if at is None else at[bad]] = Lb[bad]
 
 
 def logsumexp(x, out, nthreads=1):
