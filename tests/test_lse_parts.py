@@ -4,6 +4,7 @@ per-chunk kernels) on every backend, against the oracle over the shared array ge
 import numpy as np
 import pytest
 
+import fastsm
 from fastsm import _api
 
 from . import oracle
@@ -73,3 +74,25 @@ def test_bad_parts_are_named():
         _api.lse_parts(np.float64(1.0))
     with pytest.raises(TypeError, match="axis"):
         _api.lse_parts(x, axis=1.5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_special_and_near_zero_rows_among_many_blocks(backend, dtype):
+    """Rows of +-inf / NaN maxima and rows of s < 2 scattered over a call of many row blocks
+    (600 x 1000: the numpy backend keeps such rows for one pass after its blocks), through
+    logsumexp and lse_parts, against the oracle."""
+    x = values((600, 1000), "normal", dtype, seed=11)
+    x[::41] = -np.inf                     # all -inf: -inf
+    x[5::53, 7] = np.inf                  # +inf max
+    x[9::59, 3] = np.nan                  # NaN
+    x[13::61] -= 60.0                     # one clear max: s - 1 ~ 1e-24, L far below 1
+    x[13::61, 100] = 0.0
+    x[17::67, 8] = np.inf                 # +inf and -inf together: inf
+    x[17::67, 9] = -np.inf
+    ref = oracle.logsumexp(x)
+    lse = fastsm.logsumexp(x, backend=backend)
+    assert_logs(lse, ref, dtype, f"{backend} logsumexp", x, reduced=True)
+    m, L = _api.lse_parts(x, -1, backend=backend)
+    with np.errstate(invalid="ignore"):
+        parts = np.where(np.isfinite(m), m + L, L)[:, 0]
+    assert_logs(parts, ref, dtype, f"{backend} lse_parts", x, reduced=True)

@@ -213,10 +213,11 @@ def _lse_rows(x, lse=None, m=None, L=None):
     Common rows cost 8 NumPy calls a block: max, subtract, exp, sum, log, one compare and
     count for s >= 2 (False for a NaN s, i.e. a row with a NaN or infinite max, and for
     the rows of s < 2 that need the careful log1p), and the result's add.  Blocks with a
-    quarter or more of such rows (short rows) run _log_sum in place; otherwise those rows
-    wait for one pass over all of them per call, on a gathered copy: done per block, the
-    careful sums' ~12 calls came into nearly every block (0.5% of 4096x1000 bench rows
-    have s < 2) and cost logsumexp 9-10% of its time there."""
+    quarter or more of such rows (short rows) run _log_sum in place; otherwise those rows'
+    exponentials and maxima are kept for one pass over all of them per call: done per
+    block, the careful sums' ~12 calls came into nearly every block (0.5% of 4096x1000
+    bench rows have s < 2) and cost logsumexp 9-10% of its time there; gathering the rows
+    of x again after the blocks (max, subtract, exp once more) cost ~3% there."""
     n, k = x.shape
     if L is None:
         L = np.empty(n)
@@ -235,52 +236,34 @@ def _lse_rows(x, lse=None, m=None, L=None):
             Lb = L[rows]
             plain = _log_and_final(z, s[:, 0], out=Lb)[1]
             count = np.count_nonzero(plain)
-            odd = None
             if count < plain.size:
                 odd = np.flatnonzero(~plain)
                 if 4 * odd.size > xb.shape[0] or xb.shape[0] == n:  # or one block: no gather
-                    _careful_rows(xb, mb, z[odd], s[odd], odd, Lb)
+                    Lb[odd] = _careful_logs(xb, odd, mb[odd], z[odd], s[odd])
                 else:  # their lse below is overwritten by the pass after the blocks
-                    later.append(rows.start + odd)
-                    odd = None
-            if lse is not None:
+                    later.append((rows.start + odd, mb[odd], z[odd]))
+            if lse is not None:  # m + L = L where m is infinite or NaN (L is then m or NaN)
                 np.add(mb[:, 0], Lb, out=lse[rows])
-                if odd is not None:
-                    _nonfinite_lse(mb, odd, Lb, lse[rows])
         if later:
-            careful = np.concatenate(later)
-            xr = x[careful]
-            mr = _row_max(xr)
-            with_max = np.isfinite(mr[:, 0])
-            z = np.exp(np.subtract(xr, mr, where=with_max[:, None], out=np.zeros_like(xr)))
-            Lr = np.empty(careful.size)
-            every = np.arange(careful.size)
-            _careful_rows(xr, mr, z, _row_sum(z, _sums_dtype(z)), every, Lr)
+            careful, mr, zr = (np.concatenate(parts) for parts in zip(*later))
+            Lr = _careful_logs(x, careful, mr, zr, _row_sum(zr, _sums_dtype(zr)))
             L[careful] = Lr
             if lse is not None:
                 lse[careful] = mr[:, 0] + Lr
-                _nonfinite_lse(mr, every, Lr, lse, careful)
 
 
-def _careful_rows(xb, mb, z, s, odd, Lb):
-    """Lb[odd] for rows odd of a block whose log s is not final (_log_and_final): the
-    careful log1p (_log_sum) where the max is finite, else the logsumexp itself
-    (a row shifted by an infinite or NaN max: log sum exp x, as scipy).  z, s: those
-    rows' exponentials and sums."""
-    finite = np.isfinite(mb[odd, 0])
-    if not finite.all():
-        bad = odd[~finite]
-        Lb[bad] = np.log(np.sum(np.exp(xb[bad]), axis=1))
-        Lb[odd[finite]] = _log_sum(z[finite], s[finite])[:, 0]
-    else:
-        Lb[odd] = _log_sum(z, s)[:, 0]
-
-
-def _nonfinite_lse(mb, odd, Lb, lse, at=None):
-    """lse = L on rows odd whose max is not finite (L is then the logsumexp itself)."""
-    bad = odd[~np.isfinite(mb[odd, 0])]
-    if bad.size:
-        lse[bad if at is None else at[bad]] = Lb[bad]
+def _careful_logs(x, rows, m, z, s):
+    """L for rows ``rows`` of x whose log s is not final (_log_and_final), given their
+    maxima m, exponentials z and sums s: the careful log1p (_log_sum) where the max is
+    finite, else the logsumexp itself (a row shifted by an infinite or NaN max: log sum
+    exp x, as scipy)."""
+    finite = np.isfinite(m[:, 0])
+    if finite.all():
+        return _log_sum(z, s)[:, 0]
+    L = np.empty(rows.size)
+    L[~finite] = np.log(np.sum(np.exp(x[rows[~finite]]), axis=1))
+    L[finite] = _log_sum(z[finite], s[finite])[:, 0]
+    return L
 
 
 def logsumexp(x, out, nthreads=1):
