@@ -59,7 +59,8 @@ _MAX, _MIN, _SUM = np.maximum.reduce, np.minimum.reduce, np.add.reduce
 # 131x1000 float32 68 -> 42 us, float64 161 -> 85; 1024x128 64 -> 40, 150 -> 88; 64x128
 # 5.2 -> 3.7, 8.6 -> 5.9; but 4x32000 19 -> 40 (few rows: the fill is the cost).  Whole
 # kernels against the same module without it (medians of 40 interleaved calls, 1 thread):
-# logsumexp 4096x1000 0.89-0.93, log_softmax 0.90-0.94, 1024x128 0.88-0.91.  The fill
+# logsumexp 4096x1000 0.89-0.93, log_softmax 0.90-0.94 (one float64 run of four: 1.04);
+# 1024x128 both 0.88-0.92.  The fill
 # into a separate block measured slower than the broadcast (softmax's final multiply by
 # 1/s: 64x128 1.04-1.07x), so only subtracts whose output block is the fill use it, and
 # log_softmax's second one, whose fill is the spent exponentials.
