@@ -15,12 +15,11 @@ Design
   float64 for the sums (``_by_columns``): NumPy's axis-1 reductions pay ~100 ns per row.
 - Cross-entropy with class-index targets never builds the (rows, k) target weights: a
   gather for the target's term, a matrix-vector product for label smoothing's.
-- Measured against the kernels before the log1p work (1 thread, interleaved medians,
-  ``python -m benchmarks.ab_kernels``): 65536x10 0.31-0.82x the time, CE+grad 0.30-0.85x
-  in every main cell; log_softmax 0.89-0.98x; logsumexp on 4096x1000 1.02-1.11x (was
-  1.09-1.10 with the careful sums per block, see _lse_rows), 512x32000 1.00-1.05x, 64x128
-  0.99-1.01x (medians of 20-21 interleaved calls; the same module against a copy of
-  itself reads 0.97-1.00 in the same harness).
+- Measured against the kernels before the log1p work (1 thread, medians of 30
+  interleaved calls, ``python -m benchmarks.ab_kernels``,
+  benchmarks/results/ab_vs_before_near_zero.txt): every main cell 0.25-1.01x the time;
+  logsumexp 4096x1000 0.91-0.95x, 512x32000 0.98-1.01x (1.03-1.10 before the column fill
+  and the careful rows' single pass, see _FILL_MAX_K and _lse_rows).
 - Scaling multiplies by the reciprocal of the row sum: one division per row instead of per
   element; the extra rounding is half an ulp.
 - ``nthreads`` is accepted for the common contract and ignored: NumPy's ufuncs are serial.
