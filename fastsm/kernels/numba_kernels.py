@@ -326,8 +326,8 @@ def _workspace(xf, k):
 # (the transposition back of the kept exponentials).  Hence rows of up to _T_ROW_BYTES and
 # 16 classes, and float32 log ops up to 24.  The 16-row register blocks of the c
 # backend's lanes_rows did not vectorise here (scalar moves, 2.5x the row code): LLVM
-# could not keep Numba's arrays of 16 apart.  Reading the tile a column at a time (strided loads) beat writing vt
-# a row at a time by 5-20%.
+# could not keep Numba's arrays of 16 apart.  Reading the tile a column at a time
+# (strided loads) beat writing vt a row at a time by 5-20%.
 _T_ROW_BYTES = 96
 
 

@@ -59,10 +59,10 @@ _MAX, _MIN, _SUM = np.maximum.reduce, np.minimum.reduce, np.add.reduce
 # 5.2 -> 3.7, 8.6 -> 5.9; but 4x32000 19 -> 40 (few rows: the fill is the cost).  Whole
 # kernels against the same module without it (medians of 40 interleaved calls, 1 thread):
 # logsumexp 4096x1000 0.89-0.93, log_softmax 0.90-0.94 (one float64 run of four: 1.04);
-# 1024x128 both 0.88-0.92.  The fill
-# into a separate block measured slower than the broadcast (softmax's final multiply by
-# 1/s: 64x128 1.04-1.07x), so only subtracts whose output block is the fill use it, and
-# log_softmax's second one, whose fill is the spent exponentials.
+# 1024x128 both 0.88-0.92.  The fill into a separate block measured slower than the
+# broadcast (softmax's final multiply by 1/s: 64x128 1.04-1.07x), so only subtracts
+# whose output block is the fill use it, and log_softmax's second one, whose fill is the
+# spent exponentials.
 _FILL_MAX_K = 4096
 
 
@@ -241,7 +241,7 @@ def _lse_rows(x, lse=None, m=None, L=None):
     has L = its logsumexp itself (all -inf: log(0) = -inf; +inf: +inf; NaN wins), as
     scipy does, so its logsumexp is always L there.
 
-    Common rows cost 8 NumPy calls a block: max, subtract, exp, sum, log, one compare and
+    Common rows cost 9 NumPy calls a block: max, fill and subtract, exp, sum, log, a compare and
     count for s >= 2 (False for a NaN s, i.e. a row with a NaN or infinite max, and for
     the rows of s < 2 that need the careful log1p), and the result's add.  Blocks with a
     quarter or more of such rows (short rows) run _log_sum in place; otherwise those rows'
