@@ -216,3 +216,35 @@ def test_numpy_column_sums_by_halving(r):
         for j in range(19):
             exact = math.fsum(e[i, :, j])
             assert abs(got[i, 0, j] - exact) <= 4 * np.finfo(np.float64).eps * exact, (r, i, j)
+
+
+@pytest.mark.skipif("c" not in fastsm.backends(), reason="the c backend was not built")
+@pytest.mark.parametrize("k", [4, 10, 20, 21, 31])
+def test_float32_rows_get_the_same_bits_in_lanes_as_alone(k):
+    """The c backend takes short float32 rows 16 at a time across vector lanes (gathers,
+    its own vector log) and the rest one at a time; a row's result must not depend on
+    which: 48 rows at once against 15 at a time (all one by one)."""
+    rng = np.random.default_rng(k)
+    x = (rng.standard_normal((48, k)) * rng.uniform(0.1, 8.0, (48, 1))).astype(np.float32)
+    x[::5, 0] += 30.0  # confident rows: the near-zero log1p path
+    x[7, 1] = np.inf
+    x[9, 2] = np.nan
+    target = rng.integers(0, k, 48)
+    calls = {
+        "softmax": lambda a, t: fastsm.softmax(a, backend="c"),
+        "log_softmax": lambda a, t: fastsm.log_softmax(a, backend="c"),
+        "logsumexp": lambda a, t: fastsm.logsumexp(a, backend="c"),
+        "ce_with_grad": lambda a, t: np.concatenate(
+            [g.ravel() for g in fastsm.cross_entropy_with_grad(a, t, reduction="none", backend="c")]
+        ),
+    }
+    for op, call in calls.items():
+        together = call(x, target)
+        alone = [call(x[i:i + 15], target[i:i + 15]) for i in range(0, 48, 15)]
+        if op == "ce_with_grad":  # loss then grad, per call
+            alone_loss = np.concatenate([a[: len(target[i:i + 15])] for a, i in zip(alone, range(0, 48, 15))])
+            alone_grad = np.concatenate([a[len(target[i:i + 15]):] for a, i in zip(alone, range(0, 48, 15))])
+            alone = np.concatenate([alone_loss, alone_grad])
+        else:
+            alone = np.concatenate(alone)
+        np.testing.assert_array_equal(together, alone, err_msg=f"{op} k={k}")

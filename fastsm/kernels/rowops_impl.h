@@ -1,5 +1,8 @@
-/* Instantiated twice by rowops.c: T = float (SFX f32) and T = double (SFX f64).
- * Needs: T, SFX, EXP (the vectorisable exp of T), FSM_CLONES. */
+/* Instantiated by rowops.c for T = float (SFX f32; h32 for the half types' float32 compute)
+ * and T = double (SFX f64).
+ * Needs: T, SFX, EXP (the vectorisable exp of T), INLINE_LOG (log_sum's log of 1 + t, in
+ * double: inline and vectorisable for float rows), LANE_GATHER (1: lanes_rows transposes with AVX-512 gathers where
+ * the CPU has them), FSM_CLONES. */
 
 #define FSM_CAT2(a, b) a##_##b
 #define FSM_CAT(a, b) FSM_CAT2(a, b)
@@ -127,6 +130,7 @@ static FSM_CLONES __attribute__((noinline)) double N(log1p_rest)(const T *xr, co
  * kernels): short rows through log1p_rest like long rows (half of them qualify at std-2
  * logits) 1.5-1.8x the old time; t for every row by skipping the max's index in the sum,
  * 1.25-1.6x; libm's log1p instead of the corrected log below, another 0.2-0.35x. */
+#define FSM_INLINE_LOG_MAX_K 20 /* see INLINE_LOG below */
 FSM_INLINE double N(log_sum)(const T *xr, const T *er, ptrdiff_t K, T m, double s, double t)
 {
     if (t >= 0.0) {
@@ -137,7 +141,12 @@ FSM_INLINE double N(log_sum)(const T *xr, const T *er, ptrdiff_t K, T m, double 
          * result >= log 2).  A true division cost 3-5% of a 65536x10 call. */
         double u = 1.0 + t;
         double w = 2.0 - u; /* not fmax: gcc called libm's through the PLT, once per row */
-        return log(u) + (t - (u - 1.0)) * (w > 0.0 ? w : 0.0);
+        /* INLINE_LOG: our own inline log for float rows (rowops.c), libm's for double.
+         * Rows up to FSM_INLINE_LOG_MAX_K take it (CE+grad float32, 2 threads, against
+         * libm's: 65536x10 0.83-0.87, 30000x16 0.92-0.95); longer rows keep libm's, as
+         * the inline one measured slower there (30000x24 1.06-1.11, 30000x28 1.09; long
+         * rows' log(s) below at 64x128: log_softmax and logsumexp 1.05-1.06) */
+        return (K <= FSM_INLINE_LOG_MAX_K ? INLINE_LOG(u) : log(u)) + (t - (u - 1.0)) * (w > 0.0 ? w : 0.0);
     }
     return (s < 2.0) ? N(log1p_rest)(xr, er, K, m) : log(s);
 }
@@ -155,11 +164,12 @@ static double N(lse_nonfinite)(const T *xr, ptrdiff_t K, T m)
 /* Short rows, across rows: FSM_LANES rows at a time, transposed into v[c][lane] so that the
  * max, exp and sums are vertical vector operations, one vector lane per row (a row of 10
  * classes never filled a vector by itself).  gcc vectorises the lane loops; the strided
- * loads of the transposition come out as element inserts (x86-64-v4 clone; no gathers:
- * explicit AVX-512 gathers measured only 15% faster in a throwaway probe, not worth a
- * hand-written path per ISA).  Each lane is one row's own sequence of operations, so every
- * float result is bit for bit what the same row gets from the row-at-a-time code below
- * (double rows' t excepted: the small terms' own sum here, x87 or TwoSum there).
+ * loads and stores of the transposition come out as element inserts and extracts, so float
+ * lanes on AVX-512 transpose with gathers and scatters instead (LANE_GATHER, rowops.c).
+ * Each lane is one row's own sequence of operations, so a lane's result is the one the
+ * same row gets from the row-at-a-time code below (double rows' t excepted: the small
+ * terms' own sum here, x87 or TwoSum there; and float rows of 21-31 classes' log, see the
+ * finish below).
  * Measured (65536x10 float32 softmax, 1 thread, C probe, interleaved medians): rows one at
  * a time with exp over the block 3.5 ms, lanes with a per-row finisher 1.7 ms, lanes with
  * the softmax scale fused into the store (short_softmax) 1.5 ms; memcpy 0.27 ms. */
@@ -191,10 +201,16 @@ FSM_INLINE void N(lanes_rows)(const T *x, ptrdiff_t K, T *m, T *o, double *s, do
     T v[FSM_SHORT_K][FSM_LANES], mm[FSM_LANES];
     double hi[FSM_LANES], lo[FSM_LANES]; /* double t: the sum of terms under 1, the 1s */
     const int keep_x = what != FSM_WRITE_EXP && what != FSM_WRITE_SOFTMAX;
-    for (ptrdiff_t c = 0; c < K; c++)
+#if LANE_GATHER
+    const int gather = fsm_lane_gather_ok();
+    if (gather)
+        N(fsm_lanes_in)(x, K, &v[0][0]);
+    else
+#endif
+        for (ptrdiff_t c = 0; c < K; c++)
 #pragma omp simd
-        for (ptrdiff_t l = 0; l < FSM_LANES; l++)
-            v[c][l] = x[l * K + c];
+            for (ptrdiff_t l = 0; l < FSM_LANES; l++)
+                v[c][l] = x[l * K + c];
 #pragma omp simd
     for (ptrdiff_t l = 0; l < FSM_LANES; l++) {
         mm[l] = x[l * K]; /* K >= 1: the front never hands a kernel an empty row */
@@ -238,6 +254,12 @@ FSM_INLINE void N(lanes_rows)(const T *x, ptrdiff_t K, T *m, T *o, double *s, do
             t[l] = -1.0;
     }
     if (what == FSM_WRITE_EXP) {
+#if LANE_GATHER
+        if (gather) {
+            N(fsm_lanes_out)(&v[0][0], K, o);
+            return;
+        }
+#endif
         for (ptrdiff_t c = 0; c < K; c++)
 #pragma omp simd
             for (ptrdiff_t l = 0; l < FSM_LANES; l++)
@@ -247,26 +269,71 @@ FSM_INLINE void N(lanes_rows)(const T *x, ptrdiff_t K, T *m, T *o, double *s, do
 #pragma omp simd
         for (ptrdiff_t l = 0; l < FSM_LANES; l++)
             inv[l] = (T)(1.0 / s[l]);
+#if LANE_GATHER
+        if (gather) {
+            for (ptrdiff_t c = 0; c < K; c++)
+#pragma omp simd
+                for (ptrdiff_t l = 0; l < FSM_LANES; l++)
+                    v[c][l] *= inv[l];
+            N(fsm_lanes_out)(&v[0][0], K, o);
+            return;
+        }
+#endif
         for (ptrdiff_t c = 0; c < K; c++)
 #pragma omp simd
             for (ptrdiff_t l = 0; l < FSM_LANES; l++)
                 o[l * K + c] = v[c][l] * inv[l];
     } else if (what != FSM_WRITE_NONE) {
-        /* one scalar log per row (glibc's; no vector log of our own yet), the rest vector */
         T logs[FSM_LANES];
-        for (ptrdiff_t l = 0; l < FSM_LANES; l++) {
-            const T *xr = x + l * K;
-            if (what == FSM_WRITE_LSE)
-                o[l] = isfinite(mm[l]) ? (T)(mm[l] + N(log_sum)(xr, NULL, K, mm[l], s[l], t[l]))
-                                       : (T)N(lse_nonfinite)(xr, K, mm[l]);
-            else
-                logs[l] = (T)N(log_sum)(xr, NULL, K, mm[l], s[l], t[l]);
+        double L[FSM_LANES];
+        if (sizeof(T) == sizeof(float)) {
+            /* log_sum's arithmetic as one vector loop, then its careful rows (s < 2
+             * without t) one by one.  Float lanes have t >= 0 or s < 2 (or NaN), so u is
+             * 1 + t wherever the value is used.  INLINE_LOG here for every K: log_softmax
+             * and logsumexp float32 30000x24 measured 0.70-0.82x the time with libm's;
+             * a row of 21-31 classes taken one at a time uses libm's (log_sum), so its
+             * result may differ from a lane's in the last bit where the double value
+             * falls within 1e-15 of a rounding boundary of float (none in 1e8 values) */
+#pragma omp simd
+            for (ptrdiff_t l = 0; l < FSM_LANES; l++) {
+                double tl = t[l], u = tl >= 0.0 ? 1.0 + tl : s[l], w = 2.0 - u;
+                double d = tl >= 0.0 ? tl - (u - 1.0) : 0.0;
+                L[l] = INLINE_LOG(u) + d * (w > 0.0 ? w : 0.0);
+            }
+            for (ptrdiff_t l = 0; l < FSM_LANES; l++)
+                if (!(t[l] >= 0.0) && s[l] < 2.0)
+                    L[l] = N(log1p_rest)(x + l * K, NULL, K, mm[l]);
+        } else {
+            for (ptrdiff_t l = 0; l < FSM_LANES; l++) /* libm's log, a call per row */
+                L[l] = N(log_sum)(x + l * K, NULL, K, mm[l], s[l], t[l]);
         }
-        if (what == FSM_WRITE_LOG_SOFTMAX)
+        if (what == FSM_WRITE_LSE) {
+#pragma omp simd
+            for (ptrdiff_t l = 0; l < FSM_LANES; l++)
+                o[l] = (T)(mm[l] + L[l]);
+            for (ptrdiff_t l = 0; l < FSM_LANES; l++)
+                if (!isfinite(mm[l]))
+                    o[l] = (T)N(lse_nonfinite)(x + l * K, K, mm[l]);
+        }
+#pragma omp simd
+        for (ptrdiff_t l = 0; l < FSM_LANES; l++)
+            logs[l] = (T)L[l];
+        if (what == FSM_WRITE_LOG_SOFTMAX) {
+#if LANE_GATHER
+            if (gather) {
+                for (ptrdiff_t c = 0; c < K; c++)
+#pragma omp simd
+                    for (ptrdiff_t l = 0; l < FSM_LANES; l++)
+                        v[c][l] = (v[c][l] - mm[l]) - logs[l];
+                N(fsm_lanes_out)(&v[0][0], K, o);
+                return;
+            }
+#endif
             for (ptrdiff_t c = 0; c < K; c++)
 #pragma omp simd
                 for (ptrdiff_t l = 0; l < FSM_LANES; l++)
                     o[l * K + c] = (v[c][l] - mm[l]) - logs[l];
+        }
     }
 }
 
