@@ -121,10 +121,10 @@ FSM_INLINE double fsm_exp(double x)
     return p * s1 * s2;
 }
 
-/* log(s), s >= 1 (or inf, or NaN), in double, for the float kernels' short rows (log_sum's
- * log(1 + t)): our own and inline, so that lanes_rows' 16 per-row logs are one vector loop
- * and the short-row finishers make no call (glibc's log, a call per row, was a third of a
- * 65536x10 float32 log_softmax).  s = 2^e f with f in
+/* log(s), s >= 1 (or inf, or NaN), in double, for the float kernels: short rows' log(1 + t)
+ * (log_sum) and the grouped long rows' log s (group_logs).  Our own and inline, so that 16
+ * rows' logs are one vector loop and the short-row finishers make no call (glibc's log, a
+ * call per row, was a third of a 65536x10 float32 log_softmax).  s = 2^e f with f in
  * [sqrt(1/2), sqrt 2), log s = e ln2 + 2 atanh(z), z = (f - 1) / (f + 1), |z| < 0.172: the
  * odd series to z^17 leaves 1e-15 of the result, and near s = 1 (f - 1 exact) the result
  * keeps that relative accuracy however small it is, as log_sum's log1p needs.  Float
