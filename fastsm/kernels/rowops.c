@@ -153,26 +153,36 @@ FSM_INLINE double fsm_log_for_float(double s)
 /* What rowops_impl.h's lanes_rows and cols write (a constant at each use). */
 enum { FSM_WRITE_EXP, FSM_WRITE_SOFTMAX, FSM_WRITE_LOG_SOFTMAX, FSM_WRITE_LSE, FSM_WRITE_NONE };
 
+/* What the CPU runs beyond the clones' own dispatch, for the hand-written helpers (lane
+ * gathers, float16 conversions): 2: AVX-512F, 1: AVX + F16C, 0: neither.  libgcc's check
+ * includes the OS's (xgetbv).  Set once; a racing first call writes the same. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FSM_NO_CLONES)
+#include <immintrin.h>
+#define FSM_X86_PROBE 1
+static int fsm_x86_level(void)
+{
+    static volatile int level = -1;
+    if (level < 0) {
+        __builtin_cpu_init();
+        level = __builtin_cpu_supports("avx512f") ? 2
+                : (__builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c")) ? 1 : 0;
+    }
+    return level;
+}
+#else
+#define FSM_X86_PROBE 0
+#endif
+
 /* lanes_rows (rowops_impl.h) moves 16 short rows into vector lanes, v[c][l] = x[l K + c],
  * and its results back.  gcc 12 builds both transpositions from scalar loads, inserts and
  * extracts (softmax_f32's AVX-512 clone: 248 vmovss/vinsertps), and they were most of a
  * 65536x10 call.  On AVX-512 one vgatherdps (vscatterdps) moves a column of 16 float lanes
  * instead.  The helpers carry their own target, since the clones share one source, and
- * run where the CPU has AVX-512F (read once per 16 rows).  Double rows keep the inserts:
- * two vgatherdpd a column measured 1.00-1.05x their time (2 threads, 65536x10, 40000x4,
- * 30000x24, every op).  Measured for float in the notes of lanes_rows. */
+ * run where the CPU has AVX-512F (fsm_x86_level, read once per 16 rows).  Double rows
+ * keep the inserts: two vgatherdpd a column measured 1.00-1.05x their time (2 threads,
+ * 65536x10, 40000x4, 30000x24, every op).  Measured for float in the notes of lanes_rows. */
 #if FSM_HAVE_CLONES
-#include <immintrin.h>
 #define FSM_FLOAT_LANE_GATHER 1
-static int fsm_lane_gather_ok(void)
-{
-    static volatile int ok = -1; /* a racing first call writes the same */
-    if (ok < 0) {
-        __builtin_cpu_init();
-        ok = __builtin_cpu_supports("avx512f");
-    }
-    return ok;
-}
 
 static __attribute__((target("avx512f"))) __m512i fsm_lane_offsets(ptrdiff_t K)
 {
@@ -401,8 +411,7 @@ FSM_INLINE uint16_t fsm_f32_to_bf16(float f)
  * code above otherwise (and for every bfloat16: a shift one way, an add and a shift the
  * other).  Measured in the 32 KiB blocks of fsm_rows_half, softmax 4096x1000, 2 threads:
  * see the closing note of the half-precision work. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FSM_NO_CLONES)
-#include <immintrin.h>
+#if FSM_X86_PROBE
 #define FSM_F16_HW 1
 static __attribute__((target("avx512f"))) void fsm_f16_widen_512(const uint16_t *h, float *f,
                                                                  ptrdiff_t n)
@@ -445,18 +454,6 @@ static __attribute__((target("avx,f16c"))) void fsm_f16_round_256(const float *f
     for (; i < n; i++)
         h[i] = fsm_f32_to_f16(f[i]);
 }
-
-/* 2: AVX-512, 1: AVX + F16C, 0: neither (set once; a racing first call writes the same) */
-static int fsm_f16_level(void)
-{
-    static volatile int level = -1;
-    if (level < 0) {
-        __builtin_cpu_init();
-        level = __builtin_cpu_supports("avx512f") ? 2
-                : (__builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c")) ? 1 : 0;
-    }
-    return level;
-}
 #else
 #define FSM_F16_HW 0
 #endif
@@ -492,7 +489,7 @@ static FSM_CLONES void fsm_half_round_portable(const float *f, uint16_t *h, ptrd
 static void fsm_half_widen(const uint16_t *h, float *f, ptrdiff_t n, int kind)
 {
 #if FSM_F16_HW
-    int level = kind == FSM_F16 ? fsm_f16_level() : 0;
+    int level = kind == FSM_F16 ? fsm_x86_level() : 0;
     if (level == 2) {
         fsm_f16_widen_512(h, f, n);
         return;
@@ -508,7 +505,7 @@ static void fsm_half_widen(const uint16_t *h, float *f, ptrdiff_t n, int kind)
 static void fsm_half_round(const float *f, uint16_t *h, ptrdiff_t n, int kind)
 {
 #if FSM_F16_HW
-    int level = kind == FSM_F16 ? fsm_f16_level() : 0;
+    int level = kind == FSM_F16 ? fsm_x86_level() : 0;
     if (level == 2) {
         fsm_f16_round_512(f, h, n);
         return;

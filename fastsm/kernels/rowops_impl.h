@@ -1,8 +1,8 @@
 /* Instantiated by rowops.c for T = float (SFX f32; h32 for the half types' float32 compute)
  * and T = double (SFX f64).
  * Needs: T, SFX, EXP (the vectorisable exp of T), INLINE_LOG (log_sum's log of 1 + t, in
- * double: inline and vectorisable for float rows), LANE_GATHER (1: lanes_rows transposes with AVX-512 gathers where
- * the CPU has them), FSM_CLONES. */
+ * double: inline and vectorisable for float rows), LANE_GATHER (1: lanes_rows transposes
+ * with AVX-512 gathers where the CPU has them), FSM_CLONES. */
 
 #define FSM_CAT2(a, b) a##_##b
 #define FSM_CAT(a, b) FSM_CAT2(a, b)
@@ -146,7 +146,8 @@ FSM_INLINE double N(log_sum)(const T *xr, const T *er, ptrdiff_t K, T m, double 
          * libm's: 65536x10 0.83-0.87, 30000x16 0.92-0.95); longer rows keep libm's, as
          * the inline one measured slower there (30000x24 1.06-1.11, 30000x28 1.09; long
          * rows' log(s) below at 64x128: log_softmax and logsumexp 1.05-1.06) */
-        return (K <= FSM_INLINE_LOG_MAX_K ? INLINE_LOG(u) : log(u)) + (t - (u - 1.0)) * (w > 0.0 ? w : 0.0);
+        double log_u = K <= FSM_INLINE_LOG_MAX_K ? INLINE_LOG(u) : log(u);
+        return log_u + (t - (u - 1.0)) * (w > 0.0 ? w : 0.0);
     }
     return (s < 2.0) ? N(log1p_rest)(xr, er, K, m) : log(s);
 }
@@ -202,7 +203,7 @@ FSM_INLINE void N(lanes_rows)(const T *x, ptrdiff_t K, T *m, T *o, double *s, do
     double hi[FSM_LANES], lo[FSM_LANES]; /* double t: the sum of terms under 1, the 1s */
     const int keep_x = what != FSM_WRITE_EXP && what != FSM_WRITE_SOFTMAX;
 #if LANE_GATHER
-    const int gather = fsm_lane_gather_ok();
+    const int gather = fsm_x86_level() == 2; /* AVX-512F */
     if (gather)
         N(fsm_lanes_in)(x, K, &v[0][0]);
     else
