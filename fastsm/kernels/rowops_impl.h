@@ -49,9 +49,12 @@ FSM_INLINE T N(row_max)(const T *x, ptrdiff_t K)
  * sum in T over chunks of FSM_CHUNK elements (each lane adds FSM_CHUNK / width terms, all in
  * [0, 1]) and the chunk sums go into a double: float rows of 200k classes keep their
  * digits without converting every element to double in the hot loop. */
-#define FSM_CHUNK 1024
 FSM_INLINE double N(row_exp_sum)(const T *x, T *e, ptrdiff_t K, T m)
 {
+#if defined(EXP_SUM_512) && FSM_EXP_512
+    if (fsm_x86_level() == 2)
+        return EXP_SUM_512(x, e, K, m);
+#endif
     double s = 0.0;
     /* stored exponentials keep gcc's epilogue: see FSM_MAP_ROW */
     const ptrdiff_t Kv = e ? K : FSM_WHOLE(K);
@@ -222,6 +225,11 @@ FSM_INLINE void N(lanes_rows)(const T *x, ptrdiff_t K, T *m, T *o, double *s, do
 #pragma omp simd
         for (ptrdiff_t l = 0; l < FSM_LANES; l++)
             mm[l] = v[c][l] > mm[l] ? v[c][l] : mm[l];
+#if LANE_GATHER
+    if (gather)
+        N(fsm_lanes_exp)(&v[0][0], K, mm, hi, keep_x);
+    else
+#endif
     for (ptrdiff_t c = 0; c < K; c++) {
         if (want_t && sizeof(T) == sizeof(double)) {
 #pragma omp simd
@@ -360,6 +368,11 @@ FSM_INLINE void N(block_exp)(const T *x, ptrdiff_t nb, ptrdiff_t K, T *m, T *e, 
             e[i * K + c] = x[i * K + c] - m[i];
     }
     ptrdiff_t j1 = nb * K;
+#if LANE_GATHER
+    if (fsm_x86_level() == 2)
+        N(fsm_block_exp_512)(e + i0 * K, j1 - i0 * K);
+    else
+#endif
 #pragma omp simd
     for (ptrdiff_t j = i0 * K; j < j1; j++)
         e[j] = EXP(e[j]);
