@@ -400,6 +400,27 @@ static __attribute__((target("avx512f"), noinline)) double fsm_exp_sum_512_f64(c
     }
     return _mm512_reduce_add_pd(part);
 }
+
+/* The column kernels' compensated pass (rowops_impl.h, cols: double log ops along a
+ * non-last axis) for one row of w columns: e = exp(xr[j] - m[j]) into the running TwoSum
+ * hi[j], lo[j], each column's sum in the same order as the portable loop.  e is rounded
+ * before the sum, as TwoSum assumes (in the portable loop gcc may fuse exp's last multiply
+ * into the add: the error terms then differ in their last bits). */
+static __attribute__((target("avx512f"), noinline)) void fsm_cols_exp_twosum_512_f64(
+    const double *xr, const double *m, double *hi, double *lo, ptrdiff_t w)
+{
+    for (ptrdiff_t j = 0; j < w; j += 8) {
+        __mmask8 k = w - j >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (w - j)) - 1u);
+        __m512d h = _mm512_maskz_loadu_pd(k, hi + j);
+        __m512d e = fsm_exp_512(_mm512_sub_pd(_mm512_maskz_loadu_pd(k, xr + j),
+                                              _mm512_maskz_loadu_pd(k, m + j)));
+        __m512d sum = _mm512_add_pd(h, e), vv = _mm512_sub_pd(sum, h);
+        __m512d err = _mm512_add_pd(_mm512_sub_pd(h, _mm512_sub_pd(sum, vv)),
+                                    _mm512_sub_pd(e, vv));
+        _mm512_mask_storeu_pd(lo + j, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, lo + j), err));
+        _mm512_mask_storeu_pd(hi + j, k, sum);
+    }
+}
 #else
 #define FSM_EXP_512 0
 #endif

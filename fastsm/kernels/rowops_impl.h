@@ -878,6 +878,13 @@ FSM_INLINE void N(cols)(const T *x, T *out, ptrdiff_t R, ptrdiff_t b, ptrdiff_t 
                     hi[j] += e;
                 }
             } else if (careful) { /* double: compensated, t = (hi - 1) + lo (see lanes_rows) */
+#if defined(EXP_SUM_512) && FSM_EXP_512
+                if (sizeof(T) == sizeof(double) && fsm_x86_level() == 2) {
+                    fsm_cols_exp_twosum_512_f64((const double *)xr, (const double *)m, hi,
+                                                lo, w);
+                    continue;
+                }
+#endif
 #pragma omp simd
                 for (ptrdiff_t j = 0; j < w; j++) {
                     double e = EXP(xr[j] - m[j]), sum = hi[j] + e, vv = sum - hi[j];
