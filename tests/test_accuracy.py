@@ -78,6 +78,22 @@ def test_long_rows_accumulate_accurately(backend, dtype, k):
                 f"{backend} logsumexp k={k}", x, reduced=True)
 
 
+@pytest.mark.parametrize("k", [1602, 4000, 16562, 40000])
+def test_long_rows_of_integer_logits(backend, k):
+    """Few distinct values repeated over a long row (int8 input, computed in float64): the
+    same exponentials added thousands of times make a running sum's rounding errors add up
+    instead of cancelling.  One vector lane sum over a whole row (c's first AVX-512 float64
+    exp-sum, before it summed in chunks) gave softmax 1.0e-14 at k = 16562 against the
+    5.4e-15 bar; the fuzz tests found it with int8 input and axis=(0, 1, 2)."""
+    x = (np.random.default_rng(k).standard_normal((4, k)) * 3).astype(np.int8).astype(np.float64)
+    assert_probabilities(fastsm.softmax(x, backend=backend), oracle.softmax(x), np.float64,
+                         f"{backend} softmax k={k}")
+    assert_logs(fastsm.log_softmax(x, backend=backend), oracle.log_softmax(x), np.float64,
+                f"{backend} log_softmax k={k}", x)
+    assert_logs(fastsm.logsumexp(x, backend=backend), oracle.logsumexp(x), np.float64,
+                f"{backend} logsumexp k={k}", x, reduced=True)
+
+
 @pytest.mark.parametrize("k", [1, 3, 10, 17, 64, 1000])
 def test_many_short_rows(backend, k):
     """Short rows take the row-blocked paths in compiled backends; check them at scale

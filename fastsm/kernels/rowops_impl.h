@@ -48,7 +48,9 @@ FSM_INLINE T N(row_max)(const T *x, ptrdiff_t K)
 /* s = sum_c exp(x_c - m), storing the exponentials in e when e != NULL.  The vector lanes
  * sum in T over chunks of FSM_CHUNK elements (each lane adds FSM_CHUNK / width terms, all in
  * [0, 1]) and the chunk sums go into a double: float rows of 200k classes keep their
- * digits without converting every element to double in the hot loop. */
+ * digits without converting every element to double in the hot loop.  On AVX-512 the
+ * instantiation's EXP_SUM_512 (rowops.c) runs instead: the same exponentials and chunks, the
+ * lanes added in another order. */
 FSM_INLINE double N(row_exp_sum)(const T *x, T *e, ptrdiff_t K, T m)
 {
 #if defined(EXP_SUM_512) && FSM_EXP_512
