@@ -185,7 +185,7 @@ FSM_INLINE double fsm_log_for_float(double s)
 enum { FSM_WRITE_EXP, FSM_WRITE_SOFTMAX, FSM_WRITE_LOG_SOFTMAX, FSM_WRITE_LSE, FSM_WRITE_NONE };
 
 /* What the CPU runs beyond the clones' own dispatch, for the hand-written helpers (lane
- * gathers, float16 conversions): 2: AVX-512F, 1: AVX + F16C, 0: neither.  libgcc's check
+ * gathers, float16 conversions, AVX-512 exp loops): 2: AVX-512F, 1: AVX + F16C, 0: neither.  libgcc's check
  * includes the OS's (xgetbv).  Set once; a racing first call writes the same. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FSM_NO_CLONES)
 #include <immintrin.h>
@@ -247,7 +247,7 @@ static __attribute__((target("avx512f"))) void fsm_lanes_out_f32(const float *v,
 
 /* Long float rows' exp-and-sum on AVX-512 (rowops_impl.h's row_exp_sum calls it where
  * fsm_x86_level() says AVX-512F).  fsm_expf's own steps, in the same order (so every
- * exponential has the same bits: checked over [-110, 1) in steps of 1e-3), but 2^n p as
+ * exponential has the same bits: tests/test_exp_simd.py), but 2^n p as
  * one vscalefps, which also rounds subnormal results once, as p s1 s2 does.  gcc 12 cannot
  * emit vscalefps from C (ldexpf stays a scalar vscalefss even under -ffast-math), so the
  * AVX-512 clone built 2^n from the integer bits: 9 of 25 vector instructions per 16
