@@ -1,12 +1,15 @@
 """A/B of kernel modules: another checkout's kernels against this one's, in one process.
 
     python -m benchmarks.ab_kernels /path/to/other/checkout [--rounds 40] [--threads 2]
+        [--shapes 64x128,1000x512@0] [--backends numpy] [--ops ...] [--dtypes ...]
 
 Loads the other checkout's kernel modules (``c_kernels*.so``, or ``cython_kernels*.so`` from
 before the C kernels were renamed; ``_cython_v*.so``; ``numba_kernels.py``;
 ``numpy_kernels.py``) under other module names, then times old and new kernel calls
 alternately on the same arrays (``fastsm bench``'s cell data), so both see the same
-machine state; prints the median of each and new/old.  The front (validation, the thread controller) is bypassed: both get
+machine state; prints the median of each and new/old.  A shape ending in ``@0`` times
+the column kernels (``<op>_cols`` on the (1, R, b) view; softmax, log_softmax,
+logsumexp).  The front (validation, the thread controller) is bypassed: both get
 ``--threads`` threads.  For kernel changes only: the other checkout must be built in place.
 """
 
@@ -64,6 +67,8 @@ def outputs(op, x):
     """The cell's output buffers, shared by both contenders: buffers of their own gave the
     second one allocated up to 7% more time on identical kernels (4096x1000 float64, 2
     threads, this checkout against a copy of itself), from where its pages landed."""
+    if x.ndim == 3:  # a column kernel's (1, R, b)
+        return (np.empty((1, x.shape[2]), x.dtype) if op == "logsumexp" else np.empty_like(x),)
     n, k = x.shape
     if op == "logsumexp":
         return (np.empty(n, x.dtype),)
@@ -73,8 +78,8 @@ def outputs(op, x):
 
 
 def caller(mod, op, x, target, threads, bufs):
-    n, k = x.shape
     if op == "ce_with_grad":
+        n, k = x.shape
         w, loss, grad = bufs
         try:  # the contract with z_coef, lse and correct (after 2c9440a)
             mod.ce_index(x, target, w, -100, 0.0, 1.0 / n, loss, grad, 0.0, None, None, threads)
@@ -82,7 +87,8 @@ def caller(mod, op, x, target, threads, bufs):
             return lambda: mod.ce_index(x, target, w, -100, 0.0, 1.0 / n, loss, grad, threads)
         return lambda: mod.ce_index(x, target, w, -100, 0.0, 1.0 / n, loss, grad, 0.0, None,
                                     None, threads)
-    return lambda: getattr(mod, op)(x, bufs[0], threads)
+    name = op + "_cols" if x.ndim == 3 else op
+    return lambda: getattr(mod, name)(x, bufs[0], threads)
 
 
 def main(argv=None):
@@ -99,9 +105,15 @@ def main(argv=None):
     for backend in args.backends.split(","):
         new_mod, old_mod = _registry.load(backend), load_other(args.other, backend)
         for op in args.ops.split(","):
-            for shape in [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]:
+            for text in args.shapes.split(","):
+                dims, _, axis = text.partition("@")
+                shape = tuple(int(d) for d in dims.split("x"))
+                if axis and (op == "ce_with_grad" or axis != "0"):
+                    continue  # the column kernels: softmax, log_softmax, logsumexp over axis 0
                 for dtype in args.dtypes.split(","):
                     x, target = cell_data(shape, dtype, True)
+                    if axis:
+                        x = x.reshape(1, *shape)
                     bufs = outputs(op, x)
                     fns = [caller(m, op, x, target, args.threads, bufs)
                            for m in (old_mod, new_mod)]
@@ -114,7 +126,7 @@ def main(argv=None):
                             fns[i]()
                             times[i].append(time.perf_counter() - t0)
                     old, new = (float(np.median(t)) for t in times)
-                    print(f"{backend:8} {op:13} {'x'.join(map(str, shape)):10} {dtype:8} "
+                    print(f"{backend:8} {op:13} {text:10} {dtype:8} "
                           f"{old * 1e6:9.1f}u {new * 1e6:9.1f}u {new / old:6.3f}", flush=True)
 
 

@@ -155,7 +155,7 @@ def test_forced_backend_that_is_missing_fails_clearly():
 def _modules_with(attr):
     from fastsm import _registry
     mods = [_registry.load(name) for name in fastsm.backends()]
-    return [pytest.param(m, id=m.NAME) for m in mods if hasattr(m, attr)]
+    return [pytest.param(m, id=m.NAME) for m in mods if getattr(m, attr, None) is not None]
 
 
 @pytest.mark.parametrize("mod", _modules_with("count_ignored"))
