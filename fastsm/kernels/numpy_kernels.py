@@ -285,19 +285,21 @@ def _log_sum(e, s):
 
 def log_softmax(x, out, nthreads=1):
     n, k = x.shape
-    in_place = np.may_share_memory(x, out)  # out is x (the front allows exactly that)
     if n * k <= _BLOCK_ELEMS and _SHORT_K <= k <= _ARGMAX_MAX_K:
-        # one block of argmax rows (the small call): the loop's steps below, inline
+        # one block of argmax rows (the small call): the loop's steps below, inline, with
+        # x - m in the scratch and the exponentials in out, which is right also where out
+        # is x (x is read once, first), so no may_share_memory
         at = np.add(_row_starts(n, k), x.argmax(axis=1))
         m = x.reshape(-1)[at][:, None]
-        e = np.empty_like(x)
+        z = np.empty_like(x)
         with _quiet():
-            _column_op(np.subtract, x, m, out, None if in_place else out)
-            np.exp(out, out=e)
+            _column_op(np.subtract, x, m, z, z)
+            e = np.exp(z, out=out)
             e.reshape(-1)[at] = np.subtract(m, m).reshape(-1)  # _log_rest
-            np.copyto(e, np.log1p(_SUM(e, axis=1, keepdims=True)))
-            np.subtract(out, e, out=out)
+            logs = np.log1p(_SUM(e, axis=1, keepdims=True))
+            _column_op(np.subtract, z, logs, out, e)  # e is spent: the fill
         return
+    in_place = np.may_share_memory(x, out)  # out is x (the front allows exactly that)
     step = max(1, _BLOCK_ELEMS // k)
     scratch = np.empty((min(n, step), k), x.dtype)
     with _quiet():
