@@ -1,7 +1,8 @@
 """The paths taken only where the data allows them, checked where they apply and where they
 hand over: the exponentials with no max subtracted (the numpy backend's rows of up to 256
-classes and its non-last-axis kernels, valid while no floating-point flag rises), and the
-caller's own np.seterr, which no backend may let through."""
+classes, where the block's range allows, and its non-last-axis kernels, while no
+floating-point flag rises), and the caller's own np.seterr, which no backend may let
+through."""
 
 import numpy as np
 import pytest

@@ -612,7 +612,9 @@ def _unshifted_sums(x, out=None, tops=False):
     flag rose: an exponential outside the normal range (float32: x < -87.3 or > 88.7)
     or a sum that overflows.  Then every term has all its digits, each exponential's
     argument is exact (x - m is rounded), and the max pass and the subtract pass are
-    gone: the hardware flags, raised here as errors, are the range check, for free.  NaN
+    gone: the hardware flags, raised here as errors, are the range check, for free (NumPy's
+    exp loops report underflow and overflow; tests/test_fast_paths.py's columns below
+    exp's range would fail on a build whose loops did not).  NaN
     gives NaN and +inf inf, flag-free, as the formulas want; -inf gives 0.  The
     exponentials go to ``out`` if given (it must not share memory with x: the caller's
     fallback reads x again); ``tops``: (sums, largest exponentials), _chunked_sums."""
