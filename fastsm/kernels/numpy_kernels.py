@@ -547,9 +547,10 @@ def _chunk_rows(x):
     return max(1, _COL_CHUNK_BYTES // x.itemsize // max(1, a * b))
 
 
-def _group_sums(e):
+def _group_sums(e, top=None):
     """(a, 1, b) float64 sums of float32 e (a, c, b) over c: groups of _COL_GROUP rows in
-    float32 (at most 15 roundings each), the group sums in float64.  Measured at 1000x512
+    float32 (at most 15 roundings each), the group sums in float64; into ``top`` (a, 1,
+    b), if given, the largest group sum (the largest term where there are no groups).  Measured at 1000x512
     float32 (whole-array passes): a float64 sum (its cast) 392 us, a float32 one 129 us
     (its sequential error grows with the column); halving pairwise three times in float32
     before the float64 sum cost 0.83-0.90x the NumPy baseline's softmax time where the
@@ -557,12 +558,19 @@ def _group_sums(e):
     columns' _halving_sum) 0.61-0.77x where the groups gave 0.77-0.96x."""
     a, r, b = e.shape
     if r < 2 * _COL_GROUP:
+        if top is not None:
+            _MAX(e, axis=1, keepdims=True, out=top)
         return _SUM(e, axis=1, keepdims=True, dtype=np.float64)
     whole = r - r % _COL_GROUP
     groups = _SUM(e[:, :whole].reshape(a, whole // _COL_GROUP, _COL_GROUP, b), axis=2)
     s = _SUM(groups, axis=1, keepdims=True, dtype=np.float64)
+    if top is not None:
+        _MAX(groups, axis=1, keepdims=True, out=top)
     if whole < r:
-        s += _SUM(e[:, whole:], axis=1, keepdims=True, dtype=np.float64)
+        rest = e[:, whole:]
+        s += _SUM(rest, axis=1, keepdims=True, dtype=np.float64)
+        if top is not None:
+            np.maximum(top, _SUM(rest, axis=1, keepdims=True), out=top)
     return s
 
 
@@ -571,8 +579,10 @@ def _chunked_sums(x, exps, out, tops=False):
     chunk xc into ec and returns ec), a chunk of rows at a time, into ``out`` if given,
     else a chunk-sized temporary: float32 _group_sums per chunk, the chunks' sums added
     in float64; float64 _halving_sum per chunk and over the chunks' sums (log2 R
-    roundings, as one halving of the column).  ``tops``: also the largest exponential
-    of each column (a, 1, b), taken from each chunk while it is in cache."""
+    roundings, as one halving of the column).  ``tops``: also, per column (a, 1, b), the
+    largest exponential (float64) or the largest of _group_sums' group sums (float32: at
+    least the largest exponential, at no cost but a max over the groups), taken from
+    each chunk while it is in cache."""
     a, r, b = x.shape
     step = max(_COL_GROUP, _chunk_rows(x) // _COL_GROUP * _COL_GROUP)
     rows = min(step, r)
@@ -587,9 +597,12 @@ def _chunked_sums(x, exps, out, tops=False):
     for c, start in enumerate(range(0, r, step)):
         xc = x[:, start:start + step]
         ec = exps(xc, tmp[:, : xc.shape[1]] if out is None else out[:, start:start + step])
-        if tops:
-            _MAX(ec, axis=1, keepdims=True, out=top[:, c:c + 1])
-        sums[:, c:c + 1] = _halving_sum(ec, buf) if wide else _group_sums(ec)
+        if wide:
+            if tops:
+                _MAX(ec, axis=1, keepdims=True, out=top[:, c:c + 1])
+            sums[:, c:c + 1] = _halving_sum(ec, buf)
+        else:
+            sums[:, c:c + 1] = _group_sums(ec, top[:, c:c + 1] if tops else None)
     if sums.shape[1] > 1:
         sums = _halving_sum(sums) if wide else _SUM(sums, axis=1, keepdims=True)
     return (sums, _MAX(top, axis=1, keepdims=True)) if tops else sums
@@ -679,15 +692,28 @@ def log_softmax_cols(x, out, nthreads=1):
         found = _unshifted_sums(x, tops=True)
         if found is None:
             m, s = _column_sums(x)
+            i, j = _odd_columns(m, s)
+        elif x.dtype == np.float32:
+            # the shift m = lse rounded to float32, L = log(s e^-m) then the rounding's
+            # remainder (x - m is exact near the max once L >= log 2, Sterbenz, or rounds
+            # by half an ulp of a result as large): no per-column max needed.  L >= log 2
+            # where the largest group sum is under s / 2 (so is the largest term); the
+            # other columns, and NaN or infinite ones, go through the row kernels.  The
+            # group maxima in place of each chunk's max: float32 log_softmax 1000x512
+            # along axis 0 0.94-0.95x the time
+            s, top = found
+            m = np.log(s).astype(x.dtype)
+            i, j = np.nonzero(~(2.0 * top < s)[:, 0])
+            s = s * np.exp(-m.astype(np.float64))
         else:
             s, top = found
             m = np.log(top, dtype=np.float64).astype(x.dtype)
             s = s * np.exp(-m.astype(np.float64))
+            i, j = _odd_columns(m, s)
         logs = np.log(s).astype(x.dtype)
         a, r, b = x.shape
         # the odd columns first, while x is x (out may be x), pasted into each chunk while
         # it is in cache: a scatter after the loop wrote a cold cache line per row
-        i, j = _odd_columns(m, s)
         odd = _through_rows(log_softmax, x, i, j, r) if i.size else None
         step = _chunk_rows(x)
         for start in range(0, r, step):
