@@ -681,8 +681,8 @@ def log_softmax_cols(x, out, nthreads=1):
     to half an ulp of m + L, many ulp of a small L: 9% of the bench's columns).
 
     From the unshifted sums (where they exist) m needs no max pass: m = log of the
-    largest exponential (taken from the chunks in cache), in x's dtype, is any shift
-    close to the max, and L = log(s e^-m) is then exactly the log-sum of exp(x - m): x - m
+    largest exponential (float64, taken from the chunks in cache; float32 takes lse
+    rounded, below), in x's dtype, is any shift close to the max, and L = log(s e^-m) is then exactly the log-sum of exp(x - m): x - m
     is exact near the max (Sterbenz), so (x - m) - L is the log-softmax, and s e^-m is
     sum exp(x - m) to a few eps relative, where log(s) - m would lose |m| eps.  Columns
     with L under log 2 (the careful log1p, _log_sum) or not finite go through the row
