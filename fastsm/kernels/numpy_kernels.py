@@ -682,8 +682,9 @@ def log_softmax_cols(x, out, nthreads=1):
 
     From the unshifted sums (where they exist) m needs no max pass: m = log of the
     largest exponential (float64, taken from the chunks in cache; float32 takes lse
-    rounded, below), in x's dtype, is any shift close to the max, and L = log(s e^-m) is then exactly the log-sum of exp(x - m): x - m
-    is exact near the max (Sterbenz), so (x - m) - L is the log-softmax, and s e^-m is
+    rounded, below), in x's dtype, is any shift close to the max, and L = log(s e^-m)
+    is then exactly the log-sum of exp(x - m): x - m is exact near the max (Sterbenz),
+    so (x - m) - L is the log-softmax, and s e^-m is
     sum exp(x - m) to a few eps relative, where log(s) - m would lose |m| eps.  Columns
     with L under log 2 (the careful log1p, _log_sum) or not finite go through the row
     kernels (one such column of the bench's 512 costs 45 us of ~720: a cold cache line
@@ -698,9 +699,10 @@ def log_softmax_cols(x, out, nthreads=1):
             # remainder (x - m is exact near the max once L >= log 2, Sterbenz, or rounds
             # by half an ulp of a result as large): no per-column max needed.  L >= log 2
             # where the largest group sum is under s / 2 (so is the largest term); the
-            # other columns, and NaN or infinite ones, go through the row kernels.  The
-            # group maxima in place of each chunk's max: float32 log_softmax 1000x512
-            # along axis 0 0.94-0.95x the time
+            # other columns, and NaN or infinite ones, go through the row kernels.  With
+            # the group maxima in place of each chunk's max, float32 log_softmax 1000x512
+            # along axis 0 takes 0.70 of the time before the session's column work, where
+            # the chunks' maxima gave 0.83 (ab_kernels, --shapes 1000x512@0)
             s, top = found
             m = np.log(s).astype(x.dtype)
             i, j = np.nonzero(~(2.0 * top < s)[:, 0])
