@@ -550,8 +550,9 @@ def _chunk_rows(x):
 def _group_sums(e, top=None):
     """(a, 1, b) float64 sums of float32 e (a, c, b) over c: groups of _COL_GROUP rows in
     float32 (at most 15 roundings each), the group sums in float64; into ``top`` (a, 1,
-    b), if given, the largest group sum (the largest term where there are no groups).  Measured at 1000x512
-    float32 (whole-array passes): a float64 sum (its cast) 392 us, a float32 one 129 us
+    b), if given, the largest group sum (the largest term where there are no groups).
+    Measured at 1000x512 float32 (whole-array passes): a float64 sum (its cast) 392 us, a
+    float32 one 129 us
     (its sequential error grows with the column); halving pairwise three times in float32
     before the float64 sum cost 0.83-0.90x the NumPy baseline's softmax time where the
     groups gave 1.01-1.06x, and halving in float64 from the first level (the float64
