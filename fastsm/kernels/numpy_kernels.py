@@ -148,10 +148,10 @@ def _row_max(x):
     return _row_max_at(x)[0]
 
 
-def _log_rest(e, m, at, out=None):
-    """(rows, 1) (or into ``out``, (rows,)) log1p of each row's sum without its max's own
-    term, in e's dtype, from the C-contiguous exponentials e = exp(x - m) with that term
-    at flat position ``at`` and the row maxima m (rows, 1).
+def _log_rest(e, m, at):
+    """(rows, 1) log1p of each row's sum without its max's own term, in e's dtype, from
+    the C-contiguous exponentials e = exp(x - m) with that term at flat position ``at``
+    and the row maxima m (rows, 1).
 
     The max's term is exactly 1 (x - m = 0), so zeroing it leaves t = s - 1 summed in the
     working precision with a relative error (pairwise: a few eps), where s - 1 from the
@@ -163,7 +163,7 @@ def _log_rest(e, m, at, out=None):
     max is not finite or NaN, as log(s) gave: the max's term is replaced by m - m (e is
     spent), 0 or NaN, where a 0 would drop the NaN of a row holding +inf (exp(inf - inf))."""
     e.reshape(-1)[at] = np.subtract(m, m).reshape(-1)
-    return np.log1p(_SUM(e, axis=1, keepdims=out is None), out=out)
+    return np.log1p(_SUM(e, axis=1, keepdims=True))
 
 
 def _row_sum(e, dtype=None):
@@ -295,8 +295,7 @@ def log_softmax(x, out, nthreads=1):
         with _quiet():
             _column_op(np.subtract, x, m, z, z)
             e = np.exp(z, out=out)
-            e.reshape(-1)[at] = np.subtract(m, m).reshape(-1)  # _log_rest
-            logs = np.log1p(_SUM(e, axis=1, keepdims=True))
+            logs = _log_rest(e, m, at)
             _column_op(np.subtract, z, logs, out, e)  # e is spent: the fill
         return
     in_place = np.may_share_memory(x, out)  # out is x (the front allows exactly that)
@@ -402,6 +401,18 @@ def _unshifted(xb, m):
 _TINY = {4: float(np.finfo(np.float32).tiny), 8: float(np.finfo(np.float64).tiny)}
 
 
+def _exp_rest(xb, at, e=None):
+    """(e, top, rest) for the block xb, unshifted (only where _unshifted allows it):
+    e = exp(x) (into ``e`` if given: C-contiguous, xb's shape), top = each row's max
+    term exp(m), read at its flat position ``at`` and set to 0 in e, rest = the row's
+    sum of the other terms."""
+    e = np.exp(xb, out=e)
+    flat = e.reshape(-1)
+    top = flat[at]
+    flat[at] = 0
+    return e, top, _SUM(e, axis=1)
+
+
 def _rest_logs(xb, m, at, e):
     """(rows,) L = log sum_c exp(x_c - m) of the C-contiguous block xb in its dtype, from
     its row maxima m (rows, 1) at flat positions ``at`` (_row_max_at), as log1p of t, the
@@ -416,11 +427,7 @@ def _rest_logs(xb, m, at, e):
     of the kernels before (float32 / float64; ``python -m benchmarks.ab_kernels
     <checkout> --backends numpy --threads 1``, medians of 60 interleaved calls)."""
     if _unshifted(xb, m) is not None:
-        np.exp(xb, out=e)
-        flat = e.reshape(-1)
-        top = flat[at]
-        flat[at] = 0
-        t = _SUM(e, axis=1)
+        _, top, t = _exp_rest(xb, at, e)
         np.divide(t, top, out=t)
         return np.log1p(t, out=t)
     with _quiet():
@@ -461,12 +468,8 @@ def logsumexp(x, out, nthreads=1):
         # steps (its setup, views and helper calls cost ~1.5 us of a 64x128 call)
         at = np.add(_row_starts(n, k), x.argmax(axis=1))
         m = x.reshape(-1)[at]
-        if _unshifted(x, m) is not None:
-            e = np.exp(x)
-            flat = e.reshape(-1)
-            top = flat[at]
-            flat[at] = 0
-            t = _SUM(e, axis=1)
+        if _unshifted(x, m) is not None:  # _rest_logs' first case, without its call
+            _, top, t = _exp_rest(x, at)
             np.divide(t, top, out=t)
             np.add(m, np.log1p(t, out=t), out=out)
             return
@@ -791,11 +794,8 @@ def _ce_plain_block(xb, m, at, t, scale, loss, gb, span):
     call's inline path (ce_index), 64x128 cross_entropy_with_grad takes 0.66 / 0.67 the
     time of the kernels before (float32 / float64, ab_kernels as in _rest_logs)."""
     n, k = xb.shape
-    e = np.exp(xb, out=gb)
+    e, top, rest = _exp_rest(xb, at, gb)
     flat = e.reshape(-1)
-    top = flat[at]
-    flat[at] = 0
-    rest = _SUM(e, axis=1)
     y = np.add(_row_starts(n, k), t)
     np.subtract(m, xb.reshape(-1)[y], out=loss, dtype=np.float64)
     loss += np.log1p(rest / top)
