@@ -88,6 +88,35 @@ def test_along_axis_0_into_its_own_input(backend, dtype, op):
     np.testing.assert_array_equal(got, want)
 
 
+def _unshifted_columns(dtype, rows=300, cols=300, seed=1):
+    """(name, array) for softmax along axis 0 around the c backend's float32 pass with no
+    max (columns in [-40, 40] or -inf): tiles of 256 columns and a masked tail of 44,
+    values at the bounds, -inf masks, and columns that leave the range only in their last
+    row, after that pass has written exp(x) for every row above."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, cols)) * 8.0
+    x = np.clip(x, -40.0, 40.0)
+    x[::7, 3::5] = -np.inf
+    x[0, :20], x[1, 20:40] = 40.0, -40.0
+    yield "in range", x.astype(dtype)
+    for name, value in (("above", 40.5), ("below", -40.5), ("nan", np.nan), ("+inf", np.inf)):
+        late = x.copy()
+        late[-1, 260] = value  # the second tile, its last row
+        late[-1, 17] = value   # and the first
+        yield f"last row {name}", late.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unshifted_columns_hand_over_in_their_last_row(backend, dtype):
+    for name, x in _unshifted_columns(dtype):
+        want = oracle.softmax(x, 0)
+        assert_probabilities(fastsm.softmax(x, axis=0, backend=backend), want, dtype,
+                             f"{backend} {name}")
+        out = np.full_like(x, 7.0)
+        assert fastsm.softmax(x, axis=0, out=out, backend=backend) is out
+        assert_probabilities(out, want, dtype, f"{backend} {name} out=")
+
+
 OPS = ("softmax", "log_softmax", "logsumexp")
 
 
