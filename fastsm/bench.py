@@ -44,6 +44,7 @@ class Cell:
     dtype: str
     threads: int
     results: list = field(default_factory=list)
+    data: str = "normal"  # cell_data's kind of logits
 
     @property
     def noise(self) -> float:
@@ -118,12 +119,27 @@ def _wide(a):
     return a.astype(np.float32) if a.dtype.itemsize == 2 and a.dtype.kind in "fV" else a
 
 
-def cell_data(dims, dtype, with_target):
+DATA = {"normal": "logits of std 2",
+        "masked": "half the logits -inf at random, as attention and vocabulary masks leave "
+                  "them"}
+
+
+def cell_data(dims, dtype, with_target, data="normal", axis=-1):
     """The arrays every suite times: fixed-seed logits (std 2) and, for cross-entropy,
-    integer class targets along the first axis."""
+    integer class targets along the first axis.  ``data="masked"``: half the logits -inf
+    at random, as attention and vocabulary masks leave them, but never the first of each
+    slice along ``axis`` nor a target's own logit (no slice is all -inf, no loss inf)."""
+    if data not in DATA:
+        raise ValueError(f"data={data!r}; expected one of {list(DATA)}")
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(dims) * 2).astype(as_dtype(dtype))
     target = rng.integers(0, dims[-1], dims[0]) if with_target else None
+    if data == "masked":
+        masked = rng.random(dims) < 0.5
+        np.moveaxis(masked, axis, 0)[0] = False
+        if target is not None:
+            masked[np.arange(dims[0]), target] = False
+        x[masked] = -np.inf
     return x, target
 
 
@@ -203,6 +219,15 @@ def error_of(op, result, ref):
         g_err = np.max(np.abs(_wide(grad).astype(LD) - ref[1])) / np.max(np.abs(ref[1]))
         return max(error_of("cross_entropy", loss, ref[0]), float(g_err))
     r = _wide(result).astype(LD)
+    ref = np.asarray(ref)
+    if not np.array_equal(np.isnan(r), np.isnan(ref)):
+        return math.inf
+    exact = (r == ref) | np.isnan(ref)  # -inf log-probabilities of masked logits included
+    if exact.all():
+        return 0.0
+    r, ref = r[~exact], ref[~exact]
+    if not (np.isfinite(r).all() and np.isfinite(ref).all()):  # an infinity the other lacks
+        return math.inf
     if op in ("softmax", "cross_entropy"):
         # below float16's smallest normal a half result holds few digits (bfloat16 alike)
         rd = np.asarray(result).dtype
@@ -470,7 +495,8 @@ class LoadMeter:
 
 
 # ----------------------------------------------------------------------------- runner
-def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rng):
+def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rng,
+             data="normal"):
     if not applies(op, shape_text):
         return None
     dims, axis = parse_shape(shape_text)
@@ -480,7 +506,7 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
         # calls of seconds: one untimed call after the first, 3 timed rounds
         reps, warmup = min(reps, 3), 0
     else:
-        x, target = cell_data(dims, dtype, op.startswith("cross"))
+        x, target = cell_data(dims, dtype, op.startswith("cross"), data, axis)
         warmup = WARMUP_CALLS
     fns = contenders(op, x, axis, target, backends, peers, threads)
     first, samples, outputs = {}, {name: [] for name in fns}, {}
@@ -512,7 +538,7 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
             break
     ref = reference(op, x, axis, target)
     nbytes = traffic_bytes(op, x)
-    cell = Cell(op, shape_text, as_dtype(dtype).name, threads)
+    cell = Cell(op, shape_text, as_dtype(dtype).name, threads, data=data)
     med = {name: float(np.median(s)) for name, s in samples.items()}
     for name in fns:
         res = Result(name, med[name], first[name], nbytes / med[name] / 1e9,
@@ -528,7 +554,8 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
 
 
 def run(ops=OPS, shapes=DEFAULT_SHAPES, dtypes=("float32", "float64"), threads=None,
-        backends=None, peers=("torch", "scipy", "jax"), quick=False, progress=True):
+        backends=None, peers=("torch", "scipy", "jax"), quick=False, progress=True,
+        data="normal"):
     threads = threads or _threads.get_num_threads()
     old = _threads.get_num_threads()
     _threads.set_num_threads(threads)
@@ -549,7 +576,8 @@ def run(ops=OPS, shapes=DEFAULT_SHAPES, dtypes=("float32", "float64"), threads=N
                 if progress:
                     print(f"\r[{i + 1}/{len(todo)}] {op} {shape} {dtype}".ljust(70), end="",
                           file=sys.stderr, flush=True)
-                cell = run_cell(op, shape, dtype, backends, peers, threads, reps, budget, rng)
+                cell = run_cell(op, shape, dtype, backends, peers, threads, reps, budget, rng,
+                                data)
                 if cell is not None:
                     cells.append(cell)
     finally:
@@ -757,6 +785,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", default=None, help="fastsm backends (default: all available)")
     p.add_argument("--peers", default="torch,scipy,jax",
                    help="peers to include if installed (torch,scipy,jax; 'none' for none)")
+    p.add_argument("--data", default="normal", choices=list(DATA),
+                   help="the logits: " + "; ".join(f"{k}: {v}" for k, v in DATA.items()))
     p.add_argument("--json", metavar="PATH", help="write results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
     p.add_argument("--plot", metavar="PATH",
@@ -809,6 +839,9 @@ def _checked(args, p):
         except (ValueError, ImportError) as exc:
             p.error(str(exc))
     check_threads(args.threads, p)
+    if args.data != "normal" and (args.save or args.contention):
+        p.error(f"--data {args.data} with --save or --contention: those two measure the "
+                "normal data")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -830,8 +863,11 @@ def run_cli(args, p) -> int:
     threads = args.threads or _threads.get_num_threads()
     if args.contention:
         return _contention_main(args, threads)
-    cells, meter = run(ops, shapes, dtypes, threads, backends, peers, args.quick)
+    cells, meter = run(ops, shapes, dtypes, threads, backends, peers, args.quick,
+                       data=args.data)
     print(f"fastsm bench — {machine_line(threads)}")
+    if args.data != "normal":
+        print(f"data: {args.data} ({DATA[args.data]})")
     print("median per call; x numpy = NumPy-baseline time / time (higher is faster); "
           "x copy = time / np.copyto time (1 = memory roofline); * = fastest\n")
     print(table(cells))

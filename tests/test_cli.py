@@ -5,6 +5,7 @@ from pathlib import Path
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from fastsm import bench
@@ -33,7 +34,9 @@ def test_help_goes_to_stdout_and_exits_0(args, says):
     (("bench", "--peers", "numpyy"), "'numpyy'"),
     (("bench", "--backends", "cuda"), "'cuda'"),
     (("bench", "--threads", "0"), "--threads 0"),
-    (("tune", "--threads", "0"), "--threads 0")])
+    (("tune", "--threads", "0"), "--threads 0"),
+    (("bench", "--data", "noisy"), "'noisy'"),
+    (("bench", "--data", "masked", "--save"), "--data masked")])
 def test_usage_errors_exit_2_naming_the_bad_value(args, names):
     proc = fastsm(*args)
     assert proc.returncode == 2 and names in proc.stderr and "usage:" in proc.stderr
@@ -59,6 +62,44 @@ def test_a_small_run_writes_what_it_says(tmp_path):
     cells = json.loads(out.read_text())["cells"]
     assert [(c["op"], c["shape"]) for c in cells] == [
         ("softmax", "40x30"), ("cross_entropy", "40x30"), ("softmax", "30x20@0")]
+
+
+def test_a_masked_run_checks_every_contender_against_the_reference(tmp_path):
+    out = tmp_path / "r.json"
+    proc = fastsm("bench", "--quick", "--data", "masked", "--ops",
+                  "softmax,log_softmax,cross_entropy_with_grad", "--shapes", "40x30,30x20@0",
+                  "--peers", "none", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "data: masked (half the logits -inf" in proc.stdout
+    cells = json.loads(out.read_text())["cells"]
+    assert len(cells) == 5 and {c["data"] for c in cells} == {"masked"}
+    for cell in cells:  # -inf log-probabilities compare equal, not as NaN errors
+        errors = [r["error"] for r in cell["results"] if r["contender"] != "copy"]
+        assert errors and all(0 <= e < 1e-5 for e in errors), (cell["op"], errors)
+
+
+@pytest.mark.parametrize("dims, axis", [((64, 10), -1), ((64, 10), 0), ((3, 8, 5), 1)])
+def test_masked_cell_data_leaves_every_slice_and_target_a_finite_logit(dims, axis):
+    normal, target = bench.cell_data(dims, "float32", True)
+    x, t = bench.cell_data(dims, "float32", True, "masked", axis)
+    np.testing.assert_array_equal(t, target)
+    masked = np.isneginf(x)
+    assert 0.35 < masked.mean() < 0.6
+    np.testing.assert_array_equal(x[~masked], normal[~masked])
+    assert np.isfinite(x).any(axis=axis).all()
+    assert np.isfinite(np.take_along_axis(x.reshape(dims[0], -1), t[:, None] % x[0].size, 1)).all()
+    with pytest.raises(ValueError, match="'noisy'"):
+        bench.cell_data(dims, "float32", False, "noisy")
+
+
+def test_error_of_takes_matching_infinities_as_exact_and_a_wrong_one_as_infinite():
+    ref = np.array([[-np.inf, -0.5, -1.0]], np.longdouble)
+    got = np.array([[-np.inf, -0.5, -1.0 + 1e-7]], np.float32)
+    assert 0 < bench.error_of("log_softmax", got, ref) < 1e-6
+    assert bench.error_of("log_softmax", np.array([[-1e30, -0.5, -1.0]], np.float32), ref) > 1
+    assert bench.error_of("log_softmax", np.array([[np.nan, -0.5, -1.0]], np.float32),
+                          ref) == np.inf
+    assert bench.error_of("softmax", np.array([[0.0, 0.5, 0.5]]), np.array([[0, 0.5, 0.5]])) == 0
 
 
 def test_parse_shape():
