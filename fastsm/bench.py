@@ -839,9 +839,9 @@ def _checked(args, p):
         except (ValueError, ImportError) as exc:
             p.error(str(exc))
     check_threads(args.threads, p)
-    if args.data != "normal" and (args.save or args.contention):
-        p.error(f"--data {args.data} with --save or --contention: those two measure the "
-                "normal data")
+    if args.data != "normal" and args.save:
+        p.error(f"--data {args.data} with --save: the dispatch table is measured on normal "
+                "data")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -911,7 +911,7 @@ def _contention_main(args, threads):
         raise SystemExit(f"fastsm bench --contention: {shape} does not fit every op of {ops}")
     dtype = (args.dtypes or "float32").split(",")[0]
     result = loadbench.run(ops, shape, dtype, threads, rounds=15 if args.quick else 80,
-                           callers_rounds=3 if args.quick else 7)
+                           callers_rounds=3 if args.quick else 7, data=args.data)
     text = loadbench.report(result)
     print(text)
     if args.json:

@@ -106,14 +106,14 @@ def contenders(op, x, target, threads, forked=False):
     return found
 
 
-def measure(op, shape, dtype, threads, rounds, warmup, forked=False):
+def measure(op, shape, dtype, threads, rounds, warmup, forked=False, data="normal"):
     """{contender: (median s, spread, mean s)} for one op, interleaved and shuffled.
 
     Under load one call either gets a core or shares one (1 thread beside a 2-thread torch
     loop: ~3.5 or ~8 ms), so the median of a few dozen calls can land on either mode; the
     mean (the throughput cost) is reported beside it."""
     dims, _ = bench.parse_shape(shape)
-    x, target = bench.cell_data(dims, dtype, op.startswith("cross"))
+    x, target = bench.cell_data(dims, dtype, op.startswith("cross"), data)
     fns = contenders(op, x, target, threads, forked)
     names = list(fns)
     samples = {name: [] for name in names}
@@ -140,19 +140,19 @@ def native_share():
     return {op: native / runs for op, (native, runs) in shares.items() if runs}
 
 
-def _forked_worker(conn, args):
+def _forked_worker(conn, args, data):
     try:
-        conn.send({op: measure(op, *args[1:], forked=True) for op in args[0]})
+        conn.send({op: measure(op, *args[1:], forked=True, data=data) for op in args[0]})
     finally:
         conn.close()
 
 
-def measure_forked(ops, shape, dtype, threads, rounds, warmup):
+def measure_forked(ops, shape, dtype, threads, rounds, warmup, data="normal"):
     """``measure`` for each op inside a worker forked from this process."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_forked_worker,
-                       args=(child, (ops, shape, dtype, threads, rounds, warmup)))
+                       args=(child, (ops, shape, dtype, threads, rounds, warmup), data))
     proc.start()
     child.close()
     try:
@@ -203,7 +203,7 @@ def callers(shape="512x32000", dtype="float32", n_callers=8, rounds=7):
 
 def run(ops=("softmax", "cross_entropy_with_grad"), shape="4096x1000", dtype="float32",
         threads=None, rounds=40, warmup=8, progress=True, callers_shape="512x32000",
-        callers_rounds=7):
+        callers_rounds=7, data="normal"):
     """Every phase; returns a dict ready for JSON and for ``report``."""
     threads = threads or _threads.get_num_threads()
     old = _threads.get_num_threads()
@@ -213,23 +213,24 @@ def run(ops=("softmax", "cross_entropy_with_grad"), shape="4096x1000", dtype="fl
         if progress:
             print(f"\r{text}".ljust(72), end="", file=sys.stderr, flush=True)
 
-    result = {"shape": shape, "dtype": dtype, "threads": threads, "phases": {}}
+    result = {"shape": shape, "dtype": dtype, "data": data, "threads": threads, "phases": {}}
     try:
         say("idle ...")
         with bench.LoadMeter() as meter:
-            result["phases"]["idle"] = {op: measure(op, shape, dtype, threads, rounds, warmup)
-                                        for op in ops}
+            result["phases"]["idle"] = {op: measure(op, shape, dtype, threads, rounds, warmup,
+                                                    data=data) for op in ops}
         result["idle_other_cpus"] = meter.other_cpus
         result["native_share"] = {"idle": native_share()}
         _parallel.reset()  # count the busy phase's calls alone (the choice re-forms in 3 calls)
         say("busy neighbour ...")
         with busy_neighbour(threads) as what:
             result["neighbour"] = what
-            result["phases"]["busy"] = {op: measure(op, shape, dtype, threads, rounds, warmup)
-                                        for op in ops}
+            result["phases"]["busy"] = {op: measure(op, shape, dtype, threads, rounds, warmup,
+                                                    data=data) for op in ops}
         result["native_share"]["busy"] = native_share()
         say("forked worker ...")
-        result["phases"]["forked"] = measure_forked(ops, shape, dtype, threads, rounds, warmup)
+        result["phases"]["forked"] = measure_forked(ops, shape, dtype, threads, rounds, warmup,
+                                                    data)
         say("8 callers ...")
         seq, conc, same = callers(callers_shape, dtype, 8, callers_rounds)
         result["callers"] = {"shape": callers_shape, "callers": 8, "one_after_another_s": seq,
@@ -245,7 +246,9 @@ def run(ops=("softmax", "cross_entropy_with_grad"), shape="4096x1000", dtype="fl
 def report(result) -> str:
     threads = result["threads"]
     lines = [f"fastsm bench --contention — {bench.machine_line(threads)}",
-             f"{result['shape']} {result['dtype']}; {threads} threads for fastsm and torch; "
+             f"{result['shape']} {result['dtype']}"
+             + (f", {result['data']} data" if result.get("data", "normal") != "normal" else "")
+             + f"; {threads} threads for fastsm and torch; "
              f"busy = {result.get('neighbour', '?')} beside this process; medians of "
              "interleaved rounds",
              "x 1 thread = time / fastsm's 1-thread time in the same phase; "
