@@ -882,7 +882,8 @@ def run_cli(args, p) -> int:
         print(f"wrote {args.json}")
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(f"Machine: {machine_line(threads)}\n\n{table(cells, markdown=True)}\n\n"
+            data = f"Data: {args.data} ({DATA[args.data]})\n\n" if args.data != "normal" else ""
+            f.write(f"Machine: {machine_line(threads)}\n\n{data}{table(cells, markdown=True)}\n\n"
                     "Without `backend=`, fastsm runs:\n\n" + "".join(f"- {line}\n" for line in report)
                     + f"\n{meter.verdict(cells)}\n")
         print(f"wrote {args.markdown}")

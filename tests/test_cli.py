@@ -65,12 +65,13 @@ def test_a_small_run_writes_what_it_says(tmp_path):
 
 
 def test_a_masked_run_checks_every_contender_against_the_reference(tmp_path):
-    out = tmp_path / "r.json"
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
     proc = fastsm("bench", "--quick", "--data", "masked", "--ops",
                   "softmax,log_softmax,cross_entropy_with_grad", "--shapes", "40x30,30x20@0",
-                  "--peers", "none", "--json", str(out))
+                  "--peers", "none", "--json", str(out), "--markdown", str(md))
     assert proc.returncode == 0, proc.stderr
     assert "data: masked (half the logits -inf" in proc.stdout
+    assert "Data: masked (half the logits -inf" in md.read_text()
     cells = json.loads(out.read_text())["cells"]
     assert len(cells) == 5 and {c["data"] for c in cells} == {"masked"}
     for cell in cells:  # -inf log-probabilities compare equal, not as NaN errors
