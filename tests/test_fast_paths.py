@@ -52,6 +52,15 @@ def _cases(dtype):
         part = x[lo:hi].repeat(8, axis=0)
         yield f"rows{lo}-{hi}", part, -1
         yield f"columns{lo}-{hi}", np.ascontiguousarray(part.T), 0
+    # masked blocks (-inf passes the numpy backend's unshifted test) that must still fail
+    # it: one unmasked value whose exp(x) underflows, one row all -inf
+    far = x[12:16].repeat(8, axis=0)
+    far[3, 1] = -100.0 if dtype == np.float32 else -800.0
+    empty = x[12:16].repeat(8, axis=0)
+    empty[5] = -np.inf
+    for name, part in (("masked, one far below", far), ("masked, one row all -inf", empty)):
+        yield name, part, -1
+        yield name + " (columns)", np.ascontiguousarray(part.T), 0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
