@@ -126,13 +126,13 @@ def _like_overload(arr, value):
 
 
 _F = np.float32
-_LO32, _LOG2E32, _MAGIC32 = _F(-104.0), _F(1.44269504088896341), _F(12582912.0)
+_LO32, _LOG2E32, _MAGIC32 = _F(-176.0), _F(1.44269504088896341), _F(12582912.0)
 _LN2HI32, _LN2LO32 = _F(0.693145751953125), _F(1.428606765330187045e-06)
 _C32 = tuple(_F(1.0 / f) for f in (5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0))
 _MAGICBITS32, _BIAS32, _SHIFT32 = np.int32(0x4B400000), np.int32(127), np.int32(23)
 _ONE32 = np.int32(1)
 
-_LO64, _LOG2E64, _MAGIC64 = -746.0, 1.4426950408889634074, 6755399441055744.0
+_LO64, _LOG2E64, _MAGIC64 = -1418.0, 1.4426950408889634074, 6755399441055744.0
 _LN2HI64, _LN2LO64 = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 _MAGICBITS64, _BIAS64, _SHIFT64 = np.int64(0x4338000000000000), np.int64(1023), np.int64(52)
 _ONE64 = np.int64(1)
@@ -141,10 +141,10 @@ _FM = {"contract"}
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
 def _exp32(x):
-    # below _LO32 the result rounds to +0: given, not computed (a subnormal or zero
-    # product costs a microcode assist: rows half -inf took 5x their time); NaN stays NaN
-    zero = x < _LO32
-    x = _F(0.0) if zero else x
+    # NaN stays NaN; at _LO32, n = -254 makes s1 = s2 = +0: +0 with no underflowing
+    # product (rowops.c's fsm_expf: at -104 each -inf mask cost a microcode assist, and
+    # rows half -inf took 5x their time)
+    x = _LO32 if _LO32 > x else x
     t = x * _LOG2E32 + _MAGIC32
     n = t - _MAGIC32
     # numba widens int32 arithmetic to int64: narrow back so the bit cast is 32-bit
@@ -164,13 +164,12 @@ def _exp32(x):
     n2 = np.int32(ni - n1)
     s1 = _reinterpret_bits(np.int32((n1 + _BIAS32) << _SHIFT32))
     s2 = _reinterpret_bits(np.int32((n2 + _BIAS32) << _SHIFT32))
-    return _F(0.0) if zero else p * s1 * s2
+    return p * s1 * s2
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
 def _exp64(x):
-    zero = x < _LO64  # as _exp32
-    x = 0.0 if zero else x
+    x = _LO64 if _LO64 > x else x  # as _exp32: n = -2046, s1 = s2 = +0
     t = x * _LOG2E64 + _MAGIC64
     n = t - _MAGIC64
     ni = _reinterpret_bits(t) - _MAGICBITS64
@@ -194,7 +193,7 @@ def _exp64(x):
     n2 = ni - n1
     s1 = _reinterpret_bits((n1 + _BIAS64) << _SHIFT64)
     s2 = _reinterpret_bits((n2 + _BIAS64) << _SHIFT64)
-    return 0.0 if zero else p * s1 * s2
+    return p * s1 * s2
 
 
 # ------------------------------------------------------------------ row primitives

@@ -68,13 +68,14 @@
 
 FSM_INLINE float fsm_expf(float x)
 {
-    /* Below -104 the result rounds to +0, and is given, not computed: the product p s1 s2
-     * of a clamped -104 underflows, and an underflowing (or subnormal) result costs the
-     * CPU a microcode assist, ~100+ cycles a lane.  -inf masks and large negative logits
-     * all land here: softmax of 4096x1000 float32 rows half -inf took 19 ms against 2 ms
-     * unmasked (torch 3.5 ms), 1 thread.  NaN compares false and stays NaN. */
-    const int zero = x < -104.0f;
-    x = zero ? 0.0f : x;
+    /* Clamped at -176 (maxps semantics: NaN stays NaN), where n = -254 makes both
+     * halves of 2^n, s1 and s2, +0: the result is +0 with no underflow.  Clamped at -104,
+     * as before, p s1 s2 underflowed, and an underflowing (or subnormal) product costs the
+     * CPU a microcode assist, ~100+ cycles a lane: -inf masks and large negative logits all
+     * land here, and softmax of 4096x1000 float32 rows half -inf took 19 ms against 2 ms
+     * unmasked (torch 3.5 ms), 1 thread.  Between -176 and -104 the product still
+     * underflows (to +0, as before); FSM_EXPF_512 gives +0 below -104 by masks. */
+    x = (-176.0f > x) ? -176.0f : x;
     float t = x * 1.44269504088896341f + 12582912.0f; /* 1.5 * 2^23: round to integer */
     float n = t - 12582912.0f;
     int32_t ti;
@@ -93,13 +94,12 @@ FSM_INLINE float fsm_expf(float x)
     float s1, s2;
     memcpy(&s1, &b1, sizeof s1);
     memcpy(&s2, &b2, sizeof s2);
-    return zero ? 0.0f : p * s1 * s2;
+    return p * s1 * s2;
 }
 
 FSM_INLINE double fsm_exp(double x)
 {
-    const int zero = x < -746.0;
-    x = zero ? 0.0 : x;
+    x = (-1418.0 > x) ? -1418.0 : x; /* n = -2046: s1 = s2 = +0 (see fsm_expf) */
     double t = x * 1.4426950408889634074 + 6755399441055744.0; /* 1.5 * 2^52 */
     double n = t - 6755399441055744.0;
     int64_t ti;
@@ -126,7 +126,7 @@ FSM_INLINE double fsm_exp(double x)
     double s1, s2;
     memcpy(&s1, &b1, sizeof s1);
     memcpy(&s2, &b2, sizeof s2);
-    return zero ? 0.0 : p * s1 * s2;
+    return p * s1 * s2;
 }
 
 /* The exp of the float32 kernels built once more for 16-bit results (suffix h32, below): a
@@ -138,8 +138,7 @@ FSM_INLINE double fsm_exp(double x)
  * 5e-6 of p was 1.3 bfloat16 ulp of the result; its half path keeps the float32 kernels. */
 FSM_INLINE float fsm_expf_short(float x)
 {
-    const int zero = x < -104.0f;
-    x = zero ? 0.0f : x;
+    x = (-176.0f > x) ? -176.0f : x;
     float t = x * 1.44269504088896341f + 12582912.0f;
     float n = t - 12582912.0f;
     int32_t ti;
@@ -157,7 +156,7 @@ FSM_INLINE float fsm_expf_short(float x)
     float s1, s2;
     memcpy(&s1, &b1, sizeof s1);
     memcpy(&s2, &b2, sizeof s2);
-    return zero ? 0.0f : p * s1 * s2;
+    return p * s1 * s2;
 }
 
 /* log(s), s >= 1 (or inf, or NaN), in double, for the float kernels: short rows' log(1 + t)
