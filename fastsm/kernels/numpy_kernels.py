@@ -392,9 +392,9 @@ _UNSHIFTED_RANGE = {4: 40.0, 8: 350.0}
 def _unshifted(xb, m):
     """(lo, hi), a lower bound of the block's finite values and its largest row max, where
     every value of the block xb (row maxima m) lies inside +-_UNSHIFTED_RANGE or is -inf,
-    and no row is all -inf; else None (also for NaN).  -inf, a mask, has exp 0 with no flag: masked
-    64x128 blocks had taken the shifted formulas after this test (logsumexp and
-    cross_entropy 0.63-0.65x the NumPy baseline's speed there)."""
+    and no row is all -inf; else None (also for NaN).  -inf, a mask, has exp 0 with no
+    flag: masked 64x128 blocks had taken the shifted formulas after this test (logsumexp
+    and cross_entropy 0.63-0.65x the NumPy baseline's speed there)."""
     bound = _UNSHIFTED_RANGE[xb.itemsize]
     lo, hi = float(_MIN(xb, axis=None)), float(_MAX(m, axis=None))
     if (lo == -np.inf and -bound <= float(_MIN(m, axis=None))
