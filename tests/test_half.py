@@ -205,10 +205,12 @@ def _long_rows(K, dt, rng):
 
 
 @pytest.mark.parametrize("half", HALF)
-@pytest.mark.parametrize("K", [128, 161, 1000, 2100])
+@pytest.mark.parametrize("K", [32, 47, 64, 128, 161, 1000, 2100])
 def test_long_half_rows_every_row_kind(backend, half, K):
-    """Long rows (the c backend's one-sweep half kernels: tails of 1-31 elements, two
-    FSM_CHUNKs at 2100), every row kind, against the oracle; out= and in place too."""
+    """Long rows (the c backend's one-sweep half kernels from 32 classes, softmax's from 64:
+    tails of 1-31 elements, two FSM_CHUNKs at 2100), every row kind, against the oracle;
+    out= and in place too; and the index cross-entropy's loss, which has its own one-sweep
+    kernel, with an ignored target and a class weight."""
     dt = _dtype(half)
     x = _long_rows(K, dt, np.random.default_rng(K))
     x = np.concatenate([x, x[::-1]])  # a row of each kind at both ends of a thread's share
@@ -220,4 +222,13 @@ def test_long_half_rows_every_row_kind(backend, half, K):
             y = x.copy()
             assert getattr(fastsm, op)(y, out=y, backend=backend) is y
             assert_within_one_ulp(y, ref, dt, f"{op} {K} in place")
+    target = np.random.default_rng(0).integers(0, K, x.shape[0])
+    target[3] = -100
+    target[4] = K - 2  # its row's logit there is +inf, NaN or -inf
+    weight = np.linspace(0.5, 2.0, K)
+    x32 = x.astype(np.float32)
+    for options in ({}, {"weight": weight}):
+        loss = fastsm.cross_entropy(x, target, reduction="none", backend=backend, **options)
+        want = fastsm.cross_entropy(x32, target, reduction="none", backend=backend, **options)
+        assert_within_one_ulp(loss, want, dt, f"cross_entropy {K} {options}")
     np.testing.assert_array_equal(x.view(np.uint16), x0.view(np.uint16))

@@ -784,27 +784,35 @@ void fsm_half_convert(const void *src, void *dst, ptrdiff_t n, int kind, int wid
 /* ---- Half rows in one sweep each (AVX-512 F/BW/DQ/VL) ----
  *
  * The blocked path above widens a block into float32, runs the float32 kernel's three
- * passes over it and rounds it back: five sweeps over L1/L2 data and the rows' memory
- * waits in the max pass, where nothing else runs.  Here each long row (K >= FSM_FUSED_K)
+ * passes over it and rounds it back: five sweeps over L1/L2 data, and the rows' memory
+ * waits fall in the max pass, where nothing else runs.  Here each row (K >= FSM_FUSED_K)
  * is read as 16-bit values by every pass:
  * - max: on the 16-bit patterns, 32 a vector: v ^ ((v >> 15) & 0x7fff) orders float16 and
  *   bfloat16 bits as signed integers (a NaN of either sign lands beyond +-inf; then m or
- *   the sum is NaN and the row takes the float32 path, which gives the row its NaN);
+ *   the sum is NaN and the row takes the float32 path, which gives the row its NaN).  The
+ *   next row's max is taken during this row's exp pass: its loads are the prefetch, and
+ *   its exponentials need not wait on a max pass of their own;
  * - exp and sum: widened in registers (float16: vcvtph2ps; bfloat16: its even and odd
  *   elements, as the high halves of the 32-bit words, with no shuffle: the exponentials
  *   are kept in that order and put back in it), fsm_exp2_half_512, two vector sums per
- *   FSM_CHUNK, then double;
- * - finish: e / s or (x - m) - log s rounded to the half type, or m + log s per row.
- * While a row's exponentials are computed the next row of x (and of out) is prefetched:
- * without it the max pass waited on memory with nothing else to do.
- * Rows whose m or sum is not finite, and log ops' rows with sum < 2 (where log s needs the
- * sum without the max's own 1: log_sum in rowops_impl.h), take the float32 path for that
- * row.  Measured (C probe, float16 softmax 4096x1000, ns per element, 1 / 2 threads):
- * float32 kernel 0.39 / 0.19, blocked half 0.43 / 0.21, this 0.21 / 0.10.  Steps:
- * per-row fusion 0.32, two sums and masked tails 0.29, this exp 0.26, prefetch 0.21. */
+ *   FSM_CHUNK, then double.  The log ops leave the maxima out of the sum and take log1p
+ *   of the rest (fsm_half_log1p): log_softmax of a confident row's top class, -t for a
+ *   tiny t, keeps its digits (in float32 lanes 1 + t would lose t below 2^-24);
+ * - finish: e / s, or (x - m) - log s, rounded to the half type; or m + log s per row.
+ * Rows whose m or sum is not finite take the float32 path (fsm_half_row_f32).
+ * Measured (C probe, float16 softmax 4096x1000, ns per element, 1 / 2 threads): float32
+ * kernel 0.39 / 0.19, blocked half 0.43 / 0.21; per-row fusion 0.32 (1 thread), two sums
+ * and masked tails 0.29, this exp 0.26, the next rows prefetched 0.21 / 0.10 (the
+ * next-row max in place of the prefetch: 0.119 -> 0.112 ns at 2 threads in the
+ * extension).  Tried: a degree-3 fit (error 7.5e-5): 1.00x at the front, not kept;
+ * prefetching two rows ahead: no change. */
 #if FSM_X86_PROBE
 #define FSM_HALF_FUSED 1
-#define FSM_FUSED_K 128
+/* rows this long or longer (softmax: FSM_FUSED_SOFTMAX_K); measured against the blocked
+ * path, float16 / bfloat16, 2 threads: log ops 0.31-0.37x its time at K = 32, 0.4-0.5x at
+ * 40-128; softmax 0.77-0.92x at 32, 0.88-1.11x at 48, 0.64-0.72x at 64 */
+#define FSM_FUSED_K 32
+#define FSM_FUSED_SOFTMAX_K 64
 #define FSM_AVX512_HALF __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,f16c")))
 
 static int fsm_half_fused_ok(void)
@@ -895,19 +903,20 @@ fsm_half_store32(uint16_t *p, int kind, ptrdiff_t t, __m512 a, __m512 b)
         _mm512_mask_storeu_epi16(p, (__mmask32)((1u << t) - 1u), v);
 }
 
-/* max of a row of K >= 1 half values, as float (see the design block) */
-static FSM_AVX512_HALF inline __attribute__((always_inline)) float
-fsm_half_row_max(const uint16_t *xr, ptrdiff_t K, int kind)
+/* The row max (see the design block) in steps: the running maximum of the ordered keys
+ * takes 32 values at a time (lanes outside k kept), and gives the float at the end */
+static FSM_AVX512_HALF inline __attribute__((always_inline)) __m512i
+fsm_half_max_step(__m512i mo, const uint16_t *p, __mmask32 k)
 {
-    const __m512i low15 = _mm512_set1_epi16(0x7fff);
-    __m512i mo = _mm512_set1_epi16((short)0x8000);
-    for (ptrdiff_t c = 0; c < K; c += 32) {
-        __mmask32 k = K - c >= 32 ? 0xffffffffu : (__mmask32)((1u << (K - c)) - 1u);
-        __m512i v = _mm512_maskz_loadu_epi16(k, xr + c);
-        /* v ^ (sign(v) & 0x7fff): 0x78 is a ^ (b & c) */
-        v = _mm512_ternarylogic_epi32(v, _mm512_srai_epi16(v, 15), low15, 0x78);
-        mo = _mm512_mask_max_epi16(mo, k, mo, v);
-    }
+    __m512i v = _mm512_maskz_loadu_epi16(k, p);
+    /* v ^ (sign(v) & 0x7fff): 0x78 is a ^ (b & c) */
+    v = _mm512_ternarylogic_epi32(v, _mm512_srai_epi16(v, 15), _mm512_set1_epi16(0x7fff), 0x78);
+    return _mm512_mask_max_epi16(mo, k, mo, v);
+}
+
+static FSM_AVX512_HALF inline __attribute__((always_inline)) float
+fsm_half_max_float(__m512i mo, int kind)
+{
     __m512i w = _mm512_max_epi32(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(mo)),
                                  _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(mo, 1)));
     int32_t o = _mm512_reduce_max_epi32(w);
@@ -915,22 +924,38 @@ fsm_half_row_max(const uint16_t *xr, ptrdiff_t K, int kind)
     return kind == FSM_BF16 ? fsm_bf16_to_f32(bits) : fsm_f16_to_f32(bits);
 }
 
+#define FSM_MASK32(t) ((t) >= 32 ? 0xffffffffu : (__mmask32)((1u << (t)) - 1u))
+
+static FSM_AVX512_HALF inline __attribute__((always_inline)) float
+fsm_half_row_max(const uint16_t *xr, ptrdiff_t K, int kind)
+{
+    __m512i mo = _mm512_set1_epi16((short)0x8000);
+    for (ptrdiff_t c = 0; c < K; c += 32)
+        mo = fsm_half_max_step(mo, xr + c, FSM_MASK32(K - c));
+    return fsm_half_max_float(mo, kind);
+}
+
 /* sum_c e^(x_c - m) in double, the exponentials to e (fsm_half_load32's order) unless NULL;
- * the next row's x (and, unless NULL, out) prefetched on the way.  With at_max (a
+ * the next row's max to *m_next on the way (x_next: NULL at the last row), and the next
+ * row of out (unless NULL) prefetched: the next row's max no longer waits on memory alone,
+ * nor its exponentials on that max.  With at_max (a
  * constant at each call), the elements equal to m are counted there and left out of the
  * sum: the log ops take log1p of the rest, whatever its size (see the design block) */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) double
 fsm_half_row_exp_sum(const uint16_t *xr, ptrdiff_t K, int kind, float m, float *e,
-                     const uint16_t *out_next, int *at_max)
+                     const uint16_t *x_next, float *m_next, const uint16_t *out_next,
+                     int *at_max)
 {
     const __m512 mv = _mm512_set1_ps(m);
     double s = 0.0;
     int count = 0;
+    __m512i mo = _mm512_set1_epi16((short)0x8000);
     for (ptrdiff_t c0 = 0; c0 < K; c0 += FSM_CHUNK) {
         ptrdiff_t c1 = (K - c0 < FSM_CHUNK) ? K : c0 + FSM_CHUNK;
         __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
         for (ptrdiff_t c = c0; c < c1; c += 32) {
-            _mm_prefetch((const char *)(xr + K + c), _MM_HINT_T0);
+            if (x_next)
+                mo = fsm_half_max_step(mo, x_next + c, FSM_MASK32(c1 - c));
             if (out_next)
                 _mm_prefetch((const char *)(out_next + c), _MM_HINT_ET0);
             __m512 a, b;
@@ -956,6 +981,8 @@ fsm_half_row_exp_sum(const uint16_t *xr, ptrdiff_t K, int kind, float m, float *
     }
     if (at_max)
         *at_max = count;
+    if (x_next)
+        *m_next = fsm_half_max_float(mo, kind);
     return s;
 }
 
@@ -990,16 +1017,21 @@ static FSM_AVX512_HALF void fsm_rows_half_fused(int op, const uint16_t *x, uint1
                                                 int kind, ptrdiff_t r0, ptrdiff_t r1,
                                                 ptrdiff_t K, float *e)
 {
+    int have_m = 0; /* m of row i already there (from row i - 1's exp pass) */
+    float m = 0.0f;
     for (ptrdiff_t i = r0; i < r1; i++) {
-        const uint16_t *xr = x + i * K;
+        const uint16_t *xr = x + i * K, *x_next = i + 1 < r1 ? xr + K : NULL;
         uint16_t *outr = op == FSM_HALF_LOGSUMEXP ? out + i : out + i * K;
-        float m = fsm_half_row_max(xr, K, kind);
+        if (!have_m)
+            m = fsm_half_row_max(xr, K, kind);
+        const float mi = m;
         double s = NAN, logs = NAN; /* softmax's sum; the log ops' log of it */
         int at_max = 0;
-        if (isfinite(m) && op == FSM_HALF_SOFTMAX)
-            s = fsm_half_row_exp_sum(xr, K, kind, m, e, outr + K, NULL);
-        else if (isfinite(m)) /* log1p(the rest + the other maxima) */
-            logs = fsm_half_log1p(fsm_half_row_exp_sum(xr, K, kind, m, NULL,
+        have_m = isfinite(mi) && x_next;
+        if (isfinite(mi) && op == FSM_HALF_SOFTMAX)
+            s = fsm_half_row_exp_sum(xr, K, kind, mi, e, x_next, &m, outr + K, NULL);
+        else if (isfinite(mi)) /* log1p(the rest + the other maxima) */
+            logs = fsm_half_log1p(fsm_half_row_exp_sum(xr, K, kind, mi, NULL, x_next, &m,
                                               op == FSM_HALF_LOGSUMEXP ? NULL : outr + K,
                                               &at_max) + (at_max - 1));
         if (!((op == FSM_HALF_SOFTMAX ? s : logs) < INFINITY)) { /* m or sum: inf or NaN */
@@ -1007,7 +1039,7 @@ static FSM_AVX512_HALF void fsm_rows_half_fused(int op, const uint16_t *x, uint1
             continue;
         }
         if (op == FSM_HALF_LOGSUMEXP) {
-            float lse = (float)((double)m + logs);
+            float lse = (float)((double)mi + logs);
             fsm_half_round(&lse, outr, 1, kind);
         } else if (op == FSM_HALF_SOFTMAX) {
             const __m512 inv = _mm512_set1_ps((float)(1.0 / s));
@@ -1016,7 +1048,7 @@ static FSM_AVX512_HALF void fsm_rows_half_fused(int op, const uint16_t *x, uint1
                                  _mm512_mul_ps(_mm512_loadu_ps(e + c), inv),
                                  _mm512_mul_ps(_mm512_loadu_ps(e + c + 16), inv));
         } else {
-            const __m512 mv = _mm512_set1_ps(m), lv = _mm512_set1_ps((float)logs);
+            const __m512 mv = _mm512_set1_ps(mi), lv = _mm512_set1_ps((float)logs);
             for (ptrdiff_t c = 0; c < K; c += 32) {
                 __m512 a, b;
                 __mmask16 ka, kb;
@@ -1038,20 +1070,26 @@ static FSM_AVX512_HALF void fsm_ce_half_fused(const uint16_t *x, int kind, const
                                               double *lse, ptrdiff_t r0, ptrdiff_t r1,
                                               ptrdiff_t K, float *e)
 {
+    int have_m = 0; /* as fsm_rows_half_fused */
+    float m = 0.0f;
     for (ptrdiff_t i = r0; i < r1; i++) {
-        const uint16_t *xr = x + i * K;
+        const uint16_t *xr = x + i * K, *x_next = i + 1 < r1 ? xr + K : NULL;
         const int64_t y = index[i];
         const int ignored = y == ignore_index;
         if (ignored && !lse) {
             loss[i] = 0.0;
+            have_m = 0;
             continue;
         }
-        float m = fsm_half_row_max(xr, K, kind);
+        if (!have_m)
+            m = fsm_half_row_max(xr, K, kind);
+        const float mi = m;
         double logs = NAN;
         int at_max = 0;
-        if (isfinite(m))
-            logs = fsm_half_log1p(fsm_half_row_exp_sum(xr, K, kind, m, NULL, NULL, &at_max) +
-                         (at_max - 1));
+        have_m = isfinite(mi) && x_next;
+        if (isfinite(mi))
+            logs = fsm_half_log1p(fsm_half_row_exp_sum(xr, K, kind, mi, NULL, x_next, &m, NULL,
+                                                       &at_max) + (at_max - 1));
         if (!(logs < INFINITY)) { /* m or the sum: inf or NaN */
             fsm_half_widen(xr, e, K, kind);
             fsm_ce_index_f32(e, index + i, weight, ignore_index, 0.0, scale, loss + i, NULL,
@@ -1059,14 +1097,14 @@ static FSM_AVX512_HALF void fsm_ce_half_fused(const uint16_t *x, int kind, const
             continue;
         }
         if (lse)
-            lse[i] = (double)m + logs;
+            lse[i] = (double)mi + logs;
         if (ignored) {
             loss[i] = 0.0;
             continue;
         }
         double xy = kind == FSM_BF16 ? fsm_bf16_to_f32(xr[y]) : fsm_f16_to_f32(xr[y]);
         double wy = weight[y];
-        loss[i] = wy != 0.0 ? wy * (logs - (xy - (double)m)) : 0.0 * logs;
+        loss[i] = wy != 0.0 ? wy * (logs - (xy - (double)mi)) : 0.0 * logs;
     }
 }
 #else
@@ -1083,7 +1121,8 @@ int fsm_rows_half(int op, const uint16_t *x, uint16_t *out, int kind, ptrdiff_t 
                   ptrdiff_t r1, ptrdiff_t K)
 {
 #if FSM_HALF_FUSED
-    if (K >= FSM_FUSED_K && fsm_half_fused_ok()) {
+    if (K >= (op == FSM_HALF_SOFTMAX ? FSM_FUSED_SOFTMAX_K : FSM_FUSED_K) &&
+        fsm_half_fused_ok()) {
         float *e = (float *)malloc((size_t)(K + 32) * sizeof(float));
         if (!e)
             return -1;
