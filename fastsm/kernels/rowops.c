@@ -295,17 +295,22 @@ FSM_EXPF_512(fsm_expf_512, {
                         _mm512_fmadd_ps(a1, r2, a0));
 })
 
-/* sum_c exp(x_c - m) in double; the exponentials also to e unless e is NULL */
+/* sum_c exp(x_c - m) in double; the exponentials also to e unless e is NULL; and unless xn
+ * is NULL, the max of the next row xn (also K long) to *mn: its loads are that row's
+ * prefetch, and its exp pass need not wait on a max pass of its own (FSM_FOR_ROWS) */
 #define FSM_EXP_SUM_512(NAME, EXPV)                                                        \
-    static __attribute__((target("avx512f"), noinline)) double NAME(const float *x, float *e, \
-                                                                    ptrdiff_t K, float m)  \
+    static __attribute__((target("avx512f"), noinline)) double NAME(                       \
+        const float *x, float *e, ptrdiff_t K, float m, const float *xn, float *mn)        \
     {                                                                                      \
         const __m512 mv = _mm512_set1_ps(m);                                               \
+        __m512 mo = _mm512_set1_ps(-INFINITY);                                             \
         double s = 0.0;                                                                    \
         for (ptrdiff_t c0 = 0; c0 < K; c0 += FSM_CHUNK) {                                  \
             ptrdiff_t c1 = (K - c0 < FSM_CHUNK) ? K : c0 + FSM_CHUNK, c = c0;              \
             __m512 part = _mm512_setzero_ps();                                             \
             for (; c + 16 <= c1; c += 16) {                                                \
+                if (xn)                                                                    \
+                    mo = _mm512_max_ps(mo, _mm512_loadu_ps(xn + c));                       \
                 __m512 v = EXPV(_mm512_sub_ps(_mm512_loadu_ps(x + c), mv));                \
                 if (e)                                                                     \
                     _mm512_storeu_ps(e + c, v);                                            \
@@ -313,6 +318,8 @@ FSM_EXPF_512(fsm_expf_512, {
             }                                                                              \
             if (c < c1) { /* masked lanes are neither read nor written */                  \
                 __mmask16 k = (__mmask16)((1u << (c1 - c)) - 1u);                          \
+                if (xn)                                                                    \
+                    mo = _mm512_mask_max_ps(mo, k, mo, _mm512_maskz_loadu_ps(k, xn + c));  \
                 __m512 v = EXPV(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + c), mv));       \
                 if (e)                                                                     \
                     _mm512_mask_storeu_ps(e + c, k, v);                                    \
@@ -320,6 +327,8 @@ FSM_EXPF_512(fsm_expf_512, {
             }                                                                              \
             s += (double)_mm512_reduce_add_ps(part);                                       \
         }                                                                                  \
+        if (xn)                                                                            \
+            *mn = _mm512_reduce_max_ps(mo);                                                \
         return s;                                                                          \
     }
 FSM_EXP_SUM_512(fsm_exp_sum_512_f32, fsm_expf_512)
@@ -390,19 +399,21 @@ static __attribute__((target("avx512f"), always_inline)) inline __m512d fsm_exp_
     return _mm512_maskz_scalef_pd(keep, p, n);
 }
 
-static __attribute__((target("avx512f"), noinline)) double fsm_exp_sum_512_f64(const double *x,
-                                                                              double *e,
-                                                                              ptrdiff_t K,
-                                                                              double m)
+static __attribute__((target("avx512f"), noinline)) double fsm_exp_sum_512_f64(
+    const double *x, double *e, ptrdiff_t K, double m, const double *xn, double *mn)
 {
+    /* xn, mn: the next row's max, as FSM_EXP_SUM_512 */
     /* in FSM_CHUNK-element chunks, as row_exp_sum: one running lane sum over a whole row
      * of 16k doubles (2000 terms a lane) cost log_softmax 11 ulp (the fuzz tests caught it) */
     const __m512d mv = _mm512_set1_pd(m);
+    __m512d mo = _mm512_set1_pd(-INFINITY);
     double s = 0.0;
     for (ptrdiff_t c0 = 0; c0 < K; c0 += FSM_CHUNK) {
         ptrdiff_t c1 = (K - c0 < FSM_CHUNK) ? K : c0 + FSM_CHUNK, c = c0;
         __m512d part = _mm512_setzero_pd();
         for (; c + 8 <= c1; c += 8) {
+            if (xn)
+                mo = _mm512_max_pd(mo, _mm512_loadu_pd(xn + c));
             __m512d v = fsm_exp_512(_mm512_sub_pd(_mm512_loadu_pd(x + c), mv));
             if (e)
                 _mm512_storeu_pd(e + c, v);
@@ -410,6 +421,8 @@ static __attribute__((target("avx512f"), noinline)) double fsm_exp_sum_512_f64(c
         }
         if (c < c1) {
             __mmask8 k = (__mmask8)((1u << (c1 - c)) - 1u);
+            if (xn)
+                mo = _mm512_mask_max_pd(mo, k, mo, _mm512_maskz_loadu_pd(k, xn + c));
             __m512d v = fsm_exp_512(_mm512_sub_pd(_mm512_maskz_loadu_pd(k, x + c), mv));
             if (e)
                 _mm512_mask_storeu_pd(e + c, k, v);
@@ -417,6 +430,8 @@ static __attribute__((target("avx512f"), noinline)) double fsm_exp_sum_512_f64(c
         }
         s += _mm512_reduce_add_pd(part);
     }
+    if (xn)
+        *mn = _mm512_reduce_max_pd(mo);
     return s;
 }
 

@@ -55,7 +55,7 @@ FSM_INLINE double N(row_exp_sum)(const T *x, T *e, ptrdiff_t K, T m)
 {
 #if defined(EXP_SUM_512) && FSM_EXP_512
     if (fsm_x86_level() == 2)
-        return EXP_SUM_512(x, e, K, m);
+        return EXP_SUM_512(x, e, K, m, NULL, NULL);
 #endif
     double s = 0.0;
     /* stored exponentials keep gcc's epilogue: see FSM_MAP_ROW */
@@ -86,6 +86,25 @@ FSM_INLINE double N(row_exp_sum)(const T *x, T *e, ptrdiff_t K, T m)
         }
         s += (double)part;
     }
+    return s;
+}
+
+/* row_exp_sum, and the max of the next row xn (K long; NULL: none) to *mn: on AVX-512 in
+ * the same loop (see FSM_EXP_SUM_512), elsewhere after it.  c backend, 2 threads, new/old
+ * (ab_kernels against 402d9e2): softmax, log_softmax, logsumexp and CE+grad at 4096x1000,
+ * 16384x256, 2048x128 and 64x128 0.67-0.92 (float32 and float64); rows longer than
+ * FSM_NEXT_MAX_BYTES keep the max pass (512x32000 read 0.95-1.08: the two rows' streams
+ * no longer fit the L2 beside the exponentials) */
+#define FSM_NEXT_MAX_BYTES (64 * 1024)
+FSM_INLINE double N(row_exp_sum_next)(const T *x, T *e, ptrdiff_t K, T m, const T *xn, T *mn)
+{
+#if defined(EXP_SUM_512) && FSM_EXP_512
+    if (fsm_x86_level() == 2)
+        return EXP_SUM_512(x, e, K, m, xn, mn);
+#endif
+    double s = N(row_exp_sum)(x, e, K, m);
+    if (xn)
+        *mn = N(row_max)(xn, K);
     return s;
 }
 
@@ -456,11 +475,18 @@ FSM_INLINE void N(block_exp)(const T *x, ptrdiff_t nb, ptrdiff_t K, T *m, T *e, 
  * the max's 1 where WANT_T and the rows are short, else -1 (see log_sum). */
 #define FSM_FOR_ROWS(E_BLOCK, FIN, CTX, WANT_T)                                            \
     if (K >= FSM_SHORT_K) {                                                                \
+        /* row i + 1's max in row i's exp pass (row_exp_sum_next; FSM_NEXT_MAX_BYTES); out \
+         * may be x: row i + 1 is read before anything writes it */                        \
+        const int pipe_ = K * (ptrdiff_t)sizeof(T) <= FSM_NEXT_MAX_BYTES;                   \
+        T m_next = r0 < r1 ? N(row_max)(x + r0 * K, K) : (T)0;                             \
         for (ptrdiff_t i = r0; i < r1; i++) {                                              \
-            const T *xr = x + i * K;                                                       \
+            const T *xr = x + i * K, *xn = i + 1 < r1 ? xr + K : NULL;                     \
             T *er = (E_BLOCK) ? (E_BLOCK) + i * K : NULL;                                  \
-            T m = N(row_max)(xr, K);                                                       \
-            FIN(CTX, i, xr, er, m, N(row_exp_sum)(xr, er, K, m), -1.0);                    \
+            const T m = m_next;                                                            \
+            double s = N(row_exp_sum_next)(xr, er, K, m, pipe_ ? xn : NULL, &m_next);      \
+            if (!pipe_ && xn)                                                              \
+                m_next = N(row_max)(xn, K);                                                \
+            FIN(CTX, i, xr, er, m, s, -1.0);                                               \
         }                                                                                  \
     } else {                                                                               \
         T buf[FSM_BLOCK], mb[FSM_BLOCK];                                                   \
@@ -522,9 +548,11 @@ FSM_INLINE void N(fin_log_softmax)(const N(ew_ctx) *cx, ptrdiff_t i, const T *xr
 FSM_INLINE void N(group_logs)(const T *x, ptrdiff_t nb, ptrdiff_t K, T *mg, double *L)
 {
     double sg[FSM_LANES];
+    T m_next = N(row_max)(x, K); /* row j + 1's max in row j's exp pass, as FSM_FOR_ROWS */
     for (ptrdiff_t j = 0; j < nb; j++) {
-        mg[j] = N(row_max)(x + j * K, K);
-        sg[j] = N(row_exp_sum)(x + j * K, NULL, K, mg[j]);
+        mg[j] = m_next;
+        sg[j] = N(row_exp_sum_next)(x + j * K, NULL, K, mg[j],
+                                    j + 1 < nb ? x + (j + 1) * K : NULL, &m_next);
     }
     for (ptrdiff_t j = nb; j < FSM_LANES; j++)
         sg[j] = 2.0;
