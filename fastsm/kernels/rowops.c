@@ -950,12 +950,41 @@ fsm_half_row_max(const uint16_t *xr, ptrdiff_t K, int kind)
     return fsm_half_max_float(mo, kind);
 }
 
+/* One step of fsm_half_row_exp_sum: 32 elements at c (t of them in the row: 32 in the
+ * main loop, where the masks fold away) */
+static FSM_AVX512_HALF inline __attribute__((always_inline)) void
+fsm_half_exp_step(const uint16_t *xr, ptrdiff_t c, ptrdiff_t t, int kind, __m512 mv, float *e,
+                  const uint16_t *x_next, __m512i *mo, const uint16_t *out_next, __m512 *p0,
+                  __m512 *p1, int *count)
+{
+    *mo = fsm_half_max_step(*mo, x_next + c, FSM_MASK32(t));
+    _mm_prefetch((const char *)(out_next + c), _MM_HINT_ET0);
+    __m512 a, b;
+    __mmask16 ka, kb;
+    fsm_half_load32(xr + c, kind, t, &a, &b, &ka, &kb);
+    if (count) {
+        __mmask16 ea = _mm512_mask_cmp_ps_mask(ka, a, mv, _CMP_EQ_OQ);
+        __mmask16 eb = _mm512_mask_cmp_ps_mask(kb, b, mv, _CMP_EQ_OQ);
+        *count += __builtin_popcount(ea) + __builtin_popcount(eb);
+        ka &= (__mmask16)~ea;
+        kb &= (__mmask16)~eb;
+    }
+    a = fsm_exp2_half_512(_mm512_sub_ps(a, mv));
+    b = fsm_exp2_half_512(_mm512_sub_ps(b, mv));
+    if (e) {
+        _mm512_storeu_ps(e + c, a);
+        _mm512_storeu_ps(e + c + 16, b);
+    }
+    *p0 = _mm512_mask_add_ps(*p0, ka, *p0, a);
+    *p1 = _mm512_mask_add_ps(*p1, kb, *p1, b);
+}
+
 /* sum_c e^(x_c - m) in double, the exponentials to e (fsm_half_load32's order) unless NULL;
- * the next row's max to *m_next on the way (x_next: NULL at the last row), and the next
- * row of out (unless NULL) prefetched: the next row's max no longer waits on memory alone,
- * nor its exponentials on that max.  With at_max (a
- * constant at each call), the elements equal to m are counted there and left out of the
- * sum: the log ops take log1p of the rest, whatever its size (see the design block) */
+ * the max of the row x_next (K long) to *m_next on the way, and the row at out_next
+ * prefetched for writing: the next row's max no longer waits on memory alone, nor its
+ * exponentials on that max (the last row passes itself as x_next, and logsumexp and the
+ * cross-entropy x_next as out_next).  With at_max (a constant at each call), the elements
+ * equal to m are counted there and left out of the sum (fsm_half_row_logs). */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) double
 fsm_half_row_exp_sum(const uint16_t *xr, ptrdiff_t K, int kind, float m, float *e,
                      const uint16_t *x_next, float *m_next, const uint16_t *out_next,
@@ -966,39 +995,45 @@ fsm_half_row_exp_sum(const uint16_t *xr, ptrdiff_t K, int kind, float m, float *
     int count = 0;
     __m512i mo = _mm512_set1_epi16((short)0x8000);
     for (ptrdiff_t c0 = 0; c0 < K; c0 += FSM_CHUNK) {
-        ptrdiff_t c1 = (K - c0 < FSM_CHUNK) ? K : c0 + FSM_CHUNK;
+        ptrdiff_t c1 = (K - c0 < FSM_CHUNK) ? K : c0 + FSM_CHUNK, c = c0;
         __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
-        for (ptrdiff_t c = c0; c < c1; c += 32) {
-            if (x_next)
-                mo = fsm_half_max_step(mo, x_next + c, FSM_MASK32(c1 - c));
-            if (out_next)
-                _mm_prefetch((const char *)(out_next + c), _MM_HINT_ET0);
-            __m512 a, b;
-            __mmask16 ka, kb;
-            fsm_half_load32(xr + c, kind, c1 - c, &a, &b, &ka, &kb);
-            if (at_max) {
-                __mmask16 ea = _mm512_mask_cmp_ps_mask(ka, a, mv, _CMP_EQ_OQ);
-                __mmask16 eb = _mm512_mask_cmp_ps_mask(kb, b, mv, _CMP_EQ_OQ);
-                count += __builtin_popcount(ea) + __builtin_popcount(eb);
-                ka &= (__mmask16)~ea;
-                kb &= (__mmask16)~eb;
-            }
-            a = fsm_exp2_half_512(_mm512_sub_ps(a, mv));
-            b = fsm_exp2_half_512(_mm512_sub_ps(b, mv));
-            if (e) {
-                _mm512_storeu_ps(e + c, a);
-                _mm512_storeu_ps(e + c + 16, b);
-            }
-            p0 = _mm512_mask_add_ps(p0, ka, p0, a);
-            p1 = _mm512_mask_add_ps(p1, kb, p1, b);
-        }
+        for (; c + 32 <= c1; c += 32)
+            fsm_half_exp_step(xr, c, 32, kind, mv, e, x_next, &mo, out_next, &p0, &p1,
+                              at_max ? &count : NULL);
+        if (c < c1)
+            fsm_half_exp_step(xr, c, c1 - c, kind, mv, e, x_next, &mo, out_next, &p0, &p1,
+                              at_max ? &count : NULL);
         s += (double)_mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
     }
     if (at_max)
         *at_max = count;
-    if (x_next)
-        *m_next = fsm_half_max_float(mo, kind);
+    *m_next = fsm_half_max_float(mo, kind);
     return s;
+}
+
+/* log1p(v) for v >= 0 (or inf, or NaN) to half types' needs: v itself below 2^-30 (error
+ * v / 2), else fsm_log_for_float(1 + v), where 1 + v in double keeps v to 2^-23.  glibc's
+ * log1p, a call per row, was 12% of a float16 cross-entropy (perf) */
+FSM_INLINE double fsm_half_log1p(double v)
+{
+    return v < 0x1p-30 ? v : fsm_log_for_float(1.0 + v);
+}
+
+/* log sum_c e^(x_c - m) for the log ops, the next row's max to *m_next as
+ * fsm_half_row_exp_sum: a sum of 2 or more as it is (the max's own term, off by the fit's
+ * 2.6e-6, is under 1.3e-6 of it); below 2, once more without the maxima, to log1p the
+ * rest (the count and compare in every pass cost cross_entropy float16 4096x1000 ~7%) */
+static FSM_AVX512_HALF inline __attribute__((always_inline)) double
+fsm_half_row_logs(const uint16_t *xr, ptrdiff_t K, int kind, float m, const uint16_t *x_next,
+                  float *m_next, const uint16_t *out_next)
+{
+    double s = fsm_half_row_exp_sum(xr, K, kind, m, NULL, x_next, m_next, out_next, NULL);
+    if (s >= 2.0)
+        return fsm_log_for_float(s);
+    int at_max = 0;
+    float unused;
+    double rest = fsm_half_row_exp_sum(xr, K, kind, m, NULL, xr, &unused, xr, &at_max);
+    return fsm_half_log1p(rest + (at_max - 1));
 }
 
 /* one row by the blocked path's float32 kernels (buf: K floats) */
@@ -1019,50 +1054,26 @@ static void fsm_half_row_f32(int op, const uint16_t *xr, uint16_t *outr, int kin
     fsm_half_round(buf, outr, K, kind);
 }
 
-/* log1p(v) for v >= 0 (or inf, or NaN) to half types' needs: v itself below 2^-30 (error
- * v / 2), else fsm_log_for_float(1 + v), where 1 + v in double keeps v to 2^-23.  glibc's
- * log1p, a call per row, was 12% of a float16 cross-entropy (perf) */
-FSM_INLINE double fsm_half_log1p(double v)
-{
-    return v < 0x1p-30 ? v : fsm_log_for_float(1.0 + v);
-}
-
-/* log sum_c e^(x_c - m) for the log ops, the next row's max to *m_next as
- * fsm_half_row_exp_sum: a sum of 2 or more as it is (the max's own term, off by the fit's
- * 2.6e-6, is under 1.3e-6 of it); below 2, once more without the maxima, to log1p the
- * rest (the count and compare in every pass cost cross_entropy float16 4096x1000 ~8%) */
-static FSM_AVX512_HALF inline __attribute__((always_inline)) double
-fsm_half_row_logs(const uint16_t *xr, ptrdiff_t K, int kind, float m, const uint16_t *x_next,
-                  float *m_next, const uint16_t *out_next)
-{
-    double s = fsm_half_row_exp_sum(xr, K, kind, m, NULL, x_next, m_next, out_next, NULL);
-    if (s >= 2.0)
-        return fsm_log_for_float(s);
-    int at_max = 0;
-    double rest = fsm_half_row_exp_sum(xr, K, kind, m, NULL, NULL, NULL, NULL, &at_max);
-    return fsm_half_log1p(rest + (at_max - 1));
-}
-
 /* rows [r0, r1) of K >= FSM_FUSED_K; e: K + 32 floats.  out: (n, K), (n,) for logsumexp */
-static FSM_AVX512_HALF void fsm_rows_half_fused(int op, const uint16_t *x, uint16_t *out,
-                                                int kind, ptrdiff_t r0, ptrdiff_t r1,
-                                                ptrdiff_t K, float *e)
+static FSM_AVX512_HALF inline __attribute__((always_inline)) void
+fsm_rows_half_fused_body(int op, const uint16_t *x, uint16_t *out, int kind, ptrdiff_t r0,
+                         ptrdiff_t r1, ptrdiff_t K, float *e)
 {
     int have_m = 0; /* m of row i already there (from row i - 1's exp pass) */
     float m = 0.0f;
     for (ptrdiff_t i = r0; i < r1; i++) {
-        const uint16_t *xr = x + i * K, *x_next = i + 1 < r1 ? xr + K : NULL;
+        const uint16_t *xr = x + i * K, *x_next = i + 1 < r1 ? xr + K : xr;
         uint16_t *outr = op == FSM_HALF_LOGSUMEXP ? out + i : out + i * K;
         if (!have_m)
             m = fsm_half_row_max(xr, K, kind);
         const float mi = m;
         double s = NAN, logs = NAN; /* softmax's sum; the log ops' log of it */
-        have_m = isfinite(mi) && x_next;
+        have_m = isfinite(mi) && i + 1 < r1;
         if (isfinite(mi) && op == FSM_HALF_SOFTMAX)
             s = fsm_half_row_exp_sum(xr, K, kind, mi, e, x_next, &m, outr + K, NULL);
         else if (isfinite(mi))
             logs = fsm_half_row_logs(xr, K, kind, mi, x_next, &m,
-                                     op == FSM_HALF_LOGSUMEXP ? NULL : outr + K);
+                                     op == FSM_HALF_LOGSUMEXP ? x_next : outr + K);
         if (!((op == FSM_HALF_SOFTMAX ? s : logs) < INFINITY)) { /* m or sum: inf or NaN */
             fsm_half_row_f32(op, xr, outr, kind, K, e);
             continue;
@@ -1090,19 +1101,37 @@ static FSM_AVX512_HALF void fsm_rows_half_fused(int op, const uint16_t *x, uint1
     }
 }
 
+/* the body once per op and type, each with its constants folded */
+static FSM_AVX512_HALF void fsm_rows_half_fused(int op, const uint16_t *x, uint16_t *out,
+                                                int kind, ptrdiff_t r0, ptrdiff_t r1,
+                                                ptrdiff_t K, float *e)
+{
+#define FSM_FUSED_CASE(OP, KIND)                                                           \
+    if (op == OP && kind == KIND) {                                                        \
+        fsm_rows_half_fused_body(OP, x, out, KIND, r0, r1, K, e);                          \
+        return;                                                                            \
+    }
+    FSM_FUSED_CASE(FSM_HALF_SOFTMAX, FSM_F16)
+    FSM_FUSED_CASE(FSM_HALF_SOFTMAX, FSM_BF16)
+    FSM_FUSED_CASE(FSM_HALF_LOG_SOFTMAX, FSM_F16)
+    FSM_FUSED_CASE(FSM_HALF_LOG_SOFTMAX, FSM_BF16)
+    FSM_FUSED_CASE(FSM_HALF_LOGSUMEXP, FSM_F16)
+    FSM_FUSED_CASE(FSM_HALF_LOGSUMEXP, FSM_BF16)
+#undef FSM_FUSED_CASE
+}
+
 /* cross-entropy's loss (and lse) of index targets, no smoothing, no gradient, no `correct`
  * (fsm_ce_half takes those to the blocked path): rows [r0, r1) of K >= FSM_FUSED_K, the
  * terms of fin_ce_index (rowops_impl.h) with eps = 0; e: K + 32 floats */
-static FSM_AVX512_HALF void fsm_ce_half_fused(const uint16_t *x, int kind, const int64_t *index,
-                                              const double *weight, int64_t ignore_index,
-                                              double scale, double *loss, double z_coef,
-                                              double *lse, ptrdiff_t r0, ptrdiff_t r1,
-                                              ptrdiff_t K, float *e)
+static FSM_AVX512_HALF inline __attribute__((always_inline)) void
+fsm_ce_half_fused_body(const uint16_t *x, int kind, const int64_t *index, const double *weight,
+                       int64_t ignore_index, double scale, double *loss, double z_coef,
+                       double *lse, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K, float *e)
 {
     int have_m = 0; /* as fsm_rows_half_fused */
     float m = 0.0f;
     for (ptrdiff_t i = r0; i < r1; i++) {
-        const uint16_t *xr = x + i * K, *x_next = i + 1 < r1 ? xr + K : NULL;
+        const uint16_t *xr = x + i * K, *x_next = i + 1 < r1 ? xr + K : xr;
         const int64_t y = index[i];
         const int ignored = y == ignore_index;
         if (ignored && !lse) {
@@ -1114,9 +1143,9 @@ static FSM_AVX512_HALF void fsm_ce_half_fused(const uint16_t *x, int kind, const
             m = fsm_half_row_max(xr, K, kind);
         const float mi = m;
         double logs = NAN;
-        have_m = isfinite(mi) && x_next;
+        have_m = isfinite(mi) && i + 1 < r1;
         if (isfinite(mi))
-            logs = fsm_half_row_logs(xr, K, kind, mi, x_next, &m, NULL);
+            logs = fsm_half_row_logs(xr, K, kind, mi, x_next, &m, x_next);
         if (!(logs < INFINITY)) { /* m or the sum: inf or NaN */
             fsm_half_widen(xr, e, K, kind);
             fsm_ce_index_f32(e, index + i, weight, ignore_index, 0.0, scale, loss + i, NULL,
@@ -1133,6 +1162,20 @@ static FSM_AVX512_HALF void fsm_ce_half_fused(const uint16_t *x, int kind, const
         double wy = weight[y];
         loss[i] = wy != 0.0 ? wy * (logs - (xy - (double)mi)) : 0.0 * logs;
     }
+}
+
+static FSM_AVX512_HALF void fsm_ce_half_fused(const uint16_t *x, int kind, const int64_t *index,
+                                              const double *weight, int64_t ignore_index,
+                                              double scale, double *loss, double z_coef,
+                                              double *lse, ptrdiff_t r0, ptrdiff_t r1,
+                                              ptrdiff_t K, float *e)
+{
+    if (kind == FSM_BF16)
+        fsm_ce_half_fused_body(x, FSM_BF16, index, weight, ignore_index, scale, loss, z_coef,
+                               lse, r0, r1, K, e);
+    else
+        fsm_ce_half_fused_body(x, FSM_F16, index, weight, ignore_index, scale, loss, z_coef,
+                               lse, r0, r1, K, e);
 }
 #else
 #define FSM_HALF_FUSED 0
