@@ -953,9 +953,9 @@ fsm_half_row_max(const uint16_t *xr, ptrdiff_t K, int kind)
 /* One step of fsm_half_row_exp_sum: 32 elements at c (t of them in the row: 32 in the
  * main loop, where the masks fold away) */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) void
-fsm_half_exp_step(const uint16_t *xr, ptrdiff_t c, ptrdiff_t t, int kind, __m512 mv, float *e,
-                  const uint16_t *x_next, __m512i *mo, const uint16_t *out_next, __m512 *p0,
-                  __m512 *p1, int *count)
+fsm_half_exp_step(const uint16_t *xr, ptrdiff_t c, ptrdiff_t t, int kind, int precise,
+                  __m512 mv, float *e, const uint16_t *x_next, __m512i *mo,
+                  const uint16_t *out_next, __m512 *p0, __m512 *p1, int *count)
 {
     *mo = fsm_half_max_step(*mo, x_next + c, FSM_MASK32(t));
     _mm_prefetch((const char *)(out_next + c), _MM_HINT_ET0);
@@ -969,8 +969,8 @@ fsm_half_exp_step(const uint16_t *xr, ptrdiff_t c, ptrdiff_t t, int kind, __m512
         ka &= (__mmask16)~ea;
         kb &= (__mmask16)~eb;
     }
-    a = fsm_exp2_half_512(_mm512_sub_ps(a, mv));
-    b = fsm_exp2_half_512(_mm512_sub_ps(b, mv));
+    a = precise ? fsm_expf_512(_mm512_sub_ps(a, mv)) : fsm_exp2_half_512(_mm512_sub_ps(a, mv));
+    b = precise ? fsm_expf_512(_mm512_sub_ps(b, mv)) : fsm_exp2_half_512(_mm512_sub_ps(b, mv));
     if (e) {
         _mm512_storeu_ps(e + c, a);
         _mm512_storeu_ps(e + c + 16, b);
@@ -984,9 +984,10 @@ fsm_half_exp_step(const uint16_t *xr, ptrdiff_t c, ptrdiff_t t, int kind, __m512
  * prefetched for writing: the next row's max no longer waits on memory alone, nor its
  * exponentials on that max (the last row passes itself as x_next, and logsumexp and the
  * cross-entropy x_next as out_next).  With at_max (a constant at each call), the elements
- * equal to m are counted there and left out of the sum (fsm_half_row_logs). */
+ * equal to m are counted there and left out of the sum (fsm_half_row_logs).  precise (a
+ * constant): float32's own exp (fsm_expf_512), for the cross-entropy's gradient. */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) double
-fsm_half_row_exp_sum(const uint16_t *xr, ptrdiff_t K, int kind, float m, float *e,
+fsm_half_row_exp_sum(const uint16_t *xr, ptrdiff_t K, int kind, int precise, float m, float *e,
                      const uint16_t *x_next, float *m_next, const uint16_t *out_next,
                      int *at_max)
 {
@@ -998,11 +999,11 @@ fsm_half_row_exp_sum(const uint16_t *xr, ptrdiff_t K, int kind, float m, float *
         ptrdiff_t c1 = (K - c0 < FSM_CHUNK) ? K : c0 + FSM_CHUNK, c = c0;
         __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
         for (; c + 32 <= c1; c += 32)
-            fsm_half_exp_step(xr, c, 32, kind, mv, e, x_next, &mo, out_next, &p0, &p1,
-                              at_max ? &count : NULL);
+            fsm_half_exp_step(xr, c, 32, kind, precise, mv, e, x_next, &mo, out_next, &p0,
+                              &p1, at_max ? &count : NULL);
         if (c < c1)
-            fsm_half_exp_step(xr, c, c1 - c, kind, mv, e, x_next, &mo, out_next, &p0, &p1,
-                              at_max ? &count : NULL);
+            fsm_half_exp_step(xr, c, c1 - c, kind, precise, mv, e, x_next, &mo, out_next,
+                              &p0, &p1, at_max ? &count : NULL);
         s += (double)_mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
     }
     if (at_max)
@@ -1024,15 +1025,17 @@ FSM_INLINE double fsm_half_log1p(double v)
  * 2.6e-6, is under 1.3e-6 of it); below 2, once more without the maxima, to log1p the
  * rest (the count and compare in every pass cost cross_entropy float16 4096x1000 ~7%) */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) double
-fsm_half_row_logs(const uint16_t *xr, ptrdiff_t K, int kind, float m, const uint16_t *x_next,
-                  float *m_next, const uint16_t *out_next)
+fsm_half_row_logs(const uint16_t *xr, ptrdiff_t K, int kind, int precise, float m, float *e,
+                  double *sum, const uint16_t *x_next, float *m_next, const uint16_t *out_next)
 {
-    double s = fsm_half_row_exp_sum(xr, K, kind, m, NULL, x_next, m_next, out_next, NULL);
+    double s = fsm_half_row_exp_sum(xr, K, kind, precise, m, e, x_next, m_next, out_next, NULL);
+    if (sum)
+        *sum = s;
     if (s >= 2.0)
         return fsm_log_for_float(s);
     int at_max = 0;
     float unused;
-    double rest = fsm_half_row_exp_sum(xr, K, kind, m, NULL, xr, &unused, xr, &at_max);
+    double rest = fsm_half_row_exp_sum(xr, K, kind, precise, m, NULL, xr, &unused, xr, &at_max);
     return fsm_half_log1p(rest + (at_max - 1));
 }
 
@@ -1070,9 +1073,9 @@ fsm_rows_half_fused_body(int op, const uint16_t *x, uint16_t *out, int kind, ptr
         double s = NAN, logs = NAN; /* softmax's sum; the log ops' log of it */
         have_m = isfinite(mi) && i + 1 < r1;
         if (isfinite(mi) && op == FSM_HALF_SOFTMAX)
-            s = fsm_half_row_exp_sum(xr, K, kind, mi, e, x_next, &m, outr + K, NULL);
+            s = fsm_half_row_exp_sum(xr, K, kind, 0, mi, e, x_next, &m, outr + K, NULL);
         else if (isfinite(mi))
-            logs = fsm_half_row_logs(xr, K, kind, mi, x_next, &m,
+            logs = fsm_half_row_logs(xr, K, kind, 0, mi, NULL, NULL, x_next, &m,
                                      op == FSM_HALF_LOGSUMEXP ? x_next : outr + K);
         if (!((op == FSM_HALF_SOFTMAX ? s : logs) < INFINITY)) { /* m or sum: inf or NaN */
             fsm_half_row_f32(op, xr, outr, kind, K, e);
@@ -1120,62 +1123,95 @@ static FSM_AVX512_HALF void fsm_rows_half_fused(int op, const uint16_t *x, uint1
 #undef FSM_FUSED_CASE
 }
 
-/* cross-entropy's loss (and lse) of index targets, no smoothing, no gradient, no `correct`
- * (fsm_ce_half takes those to the blocked path): rows [r0, r1) of K >= FSM_FUSED_K, the
- * terms of fin_ce_index (rowops_impl.h) with eps = 0; e: K + 32 floats */
+/* cross-entropy of index targets with no smoothing and no `correct` (fsm_ce_half takes
+ * those to the blocked path): loss, lse, and unless grad is NULL the gradient, for rows
+ * [r0, r1) of K >= FSM_FUSED_K: the terms of fin_ce_index (rowops_impl.h) with eps = 0.
+ * The loss alone takes the short exp; with the gradient, float32's own (precise: its
+ * p Q - q cancels near p = 1), and the gradient row is finished in the exponentials'
+ * buffer and rounded once.  e: 2 (K + 32) floats. */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) void
 fsm_ce_half_fused_body(const uint16_t *x, int kind, const int64_t *index, const double *weight,
-                       int64_t ignore_index, double scale, double *loss, double z_coef,
-                       double *lse, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K, float *e)
+                       int64_t ignore_index, double scale, double *loss, uint16_t *grad,
+                       double z_coef, double *lse, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K,
+                       float *e)
 {
+    const int precise = grad != NULL;
     int have_m = 0; /* as fsm_rows_half_fused */
     float m = 0.0f;
     for (ptrdiff_t i = r0; i < r1; i++) {
         const uint16_t *xr = x + i * K, *x_next = i + 1 < r1 ? xr + K : xr;
+        uint16_t *gr = grad ? grad + i * K : NULL;
         const int64_t y = index[i];
         const int ignored = y == ignore_index;
         if (ignored && !lse) {
             loss[i] = 0.0;
+            if (gr)
+                memset(gr, 0, (size_t)K * sizeof *gr);
             have_m = 0;
             continue;
         }
         if (!have_m)
             m = fsm_half_row_max(xr, K, kind);
         const float mi = m;
-        double logs = NAN;
+        double logs = NAN, s = NAN;
         have_m = isfinite(mi) && i + 1 < r1;
-        if (isfinite(mi))
-            logs = fsm_half_row_logs(xr, K, kind, mi, x_next, &m, x_next);
+        if (isfinite(mi) && precise)
+            logs = fsm_half_row_logs(xr, K, kind, 1, mi, e, &s, x_next, &m, gr + K);
+        else if (isfinite(mi))
+            logs = fsm_half_row_logs(xr, K, kind, 0, mi, NULL, NULL, x_next, &m, x_next);
         if (!(logs < INFINITY)) { /* m or the sum: inf or NaN */
+            float *g = grad ? e + K + 32 : NULL;
             fsm_half_widen(xr, e, K, kind);
-            fsm_ce_index_f32(e, index + i, weight, ignore_index, 0.0, scale, loss + i, NULL,
+            fsm_ce_index_f32(e, index + i, weight, ignore_index, 0.0, scale, loss + i, g,
                              z_coef, lse ? lse + i : NULL, NULL, 0, 1, K);
+            if (gr)
+                fsm_half_round(g, gr, K, kind);
             continue;
         }
         if (lse)
             lse[i] = (double)mi + logs;
         if (ignored) {
             loss[i] = 0.0;
+            if (gr)
+                memset(gr, 0, (size_t)K * sizeof *gr);
             continue;
         }
         double xy = kind == FSM_BF16 ? fsm_bf16_to_f32(xr[y]) : fsm_f16_to_f32(xr[y]);
         double wy = weight[y];
         loss[i] = wy != 0.0 ? wy * (logs - (xy - (double)mi)) : 0.0 * logs;
+        if (gr) {
+            double zl = z_coef != 0.0 ? z_coef * ((double)mi + logs) : 0.0;
+            const float a = (float)((scale * wy + zl) / s);
+            /* y's place in e: bfloat16 keeps a block's even elements, then its odd ones */
+            ptrdiff_t j = y & 31, py = kind == FSM_BF16 ? (y - j) + (j & 1) * 16 + (j >> 1) : y;
+            const float gy = e[py] * a - (float)(scale * wy);
+            const __m512 av = _mm512_set1_ps(a);
+            for (ptrdiff_t c = 0; c < K; c += 32)
+                fsm_half_store32(gr + c, kind, K - c, _mm512_mul_ps(_mm512_loadu_ps(e + c), av),
+                                 _mm512_mul_ps(_mm512_loadu_ps(e + c + 16), av));
+            fsm_half_round(&gy, gr + y, 1, kind);
+        }
     }
 }
 
 static FSM_AVX512_HALF void fsm_ce_half_fused(const uint16_t *x, int kind, const int64_t *index,
                                               const double *weight, int64_t ignore_index,
-                                              double scale, double *loss, double z_coef,
-                                              double *lse, ptrdiff_t r0, ptrdiff_t r1,
-                                              ptrdiff_t K, float *e)
+                                              double scale, double *loss, uint16_t *grad,
+                                              double z_coef, double *lse, ptrdiff_t r0,
+                                              ptrdiff_t r1, ptrdiff_t K, float *e)
 {
-    if (kind == FSM_BF16)
-        fsm_ce_half_fused_body(x, FSM_BF16, index, weight, ignore_index, scale, loss, z_coef,
-                               lse, r0, r1, K, e);
+#define FSM_CE_CASE(KIND, GRAD)                                                            \
+    fsm_ce_half_fused_body(x, KIND, index, weight, ignore_index, scale, loss, GRAD, z_coef,  \
+                           lse, r0, r1, K, e)
+    if (kind == FSM_BF16 && grad)
+        FSM_CE_CASE(FSM_BF16, grad);
+    else if (kind == FSM_BF16)
+        FSM_CE_CASE(FSM_BF16, NULL);
+    else if (grad)
+        FSM_CE_CASE(FSM_F16, grad);
     else
-        fsm_ce_half_fused_body(x, FSM_F16, index, weight, ignore_index, scale, loss, z_coef,
-                               lse, r0, r1, K, e);
+        FSM_CE_CASE(FSM_F16, NULL);
+#undef FSM_CE_CASE
 }
 #else
 #define FSM_HALF_FUSED 0
@@ -1230,12 +1266,12 @@ int fsm_ce_half(const uint16_t *x, int kind, const int64_t *index, const uint16_
                 ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K)
 {
 #if FSM_HALF_FUSED
-    if (index && !grad && eps == 0.0 && !correct && K >= FSM_FUSED_K && fsm_half_fused_ok()) {
-        float *e = (float *)malloc((size_t)(K + 32) * sizeof(float));
+    if (index && eps == 0.0 && !correct && K >= FSM_FUSED_K && fsm_half_fused_ok()) {
+        float *e = (float *)malloc((size_t)(2 * (K + 32)) * sizeof(float));
         if (!e)
             return -1;
-        fsm_ce_half_fused(x, kind, index, weight, ignore_index, scale, loss, z_coef, lse, r0,
-                          r1, K, e);
+        fsm_ce_half_fused(x, kind, index, weight, ignore_index, scale, loss, grad, z_coef, lse,
+                          r0, r1, K, e);
         free(e);
         return 0;
     }
