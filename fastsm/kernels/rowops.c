@@ -810,10 +810,13 @@ void fsm_half_convert(const void *src, void *dst, ptrdiff_t n, int kind, int wid
  * - exp and sum: widened in registers (float16: vcvtph2ps; bfloat16: its even and odd
  *   elements, as the high halves of the 32-bit words, with no shuffle: the exponentials
  *   are kept in that order and put back in it), fsm_exp2_half_512, two vector sums per
- *   FSM_CHUNK, then double.  The log ops leave the maxima out of the sum and take log1p
- *   of the rest (fsm_half_log1p): log_softmax of a confident row's top class, -t for a
- *   tiny t, keeps its digits (in float32 lanes 1 + t would lose t below 2^-24);
- * - finish: e / s, or (x - m) - log s, rounded to the half type; or m + log s per row.
+ *   FSM_CHUNK, then double.  Where the sum is below 2 the log ops sum once more without
+ *   the maxima and take log1p of the rest (fsm_half_row_logs): log_softmax of a confident
+ *   row's top class, -t for a tiny t, keeps its digits (in float32 lanes 1 + t would lose
+ *   t below 2^-24, and the fit's e^0 is 1 + 2.6e-6);
+ * - finish: e / s, or (x - m) - log s, rounded to the half type; or m + log s per row;
+ *   the cross-entropy (fsm_ce_half_fused) its loss, and its gradient from the buffered
+ *   exponentials of float32's own exp.
  * Rows whose m or sum is not finite take the float32 path (fsm_half_row_f32).
  * Measured (C probe, float16 softmax 4096x1000, ns per element, 1 / 2 threads): float32
  * kernel 0.39 / 0.19, blocked half 0.43 / 0.21; per-row fusion 0.32 (1 thread), two sums
@@ -843,7 +846,7 @@ static int fsm_half_fused_ok(void)
 
 /* e^d for 16-bit results: y = d log2(e), 2^y = 2^floor(y) 2^r with r = y - floor(y) in
  * [0, 1) by one vreduceps, and 2^r by a degree-4 fit (relative error 2.6e-6, against the
- * half types' rounding steps of 2^-11 and 2^-8); vscalefps takes floor(y) itself.  Four
+ * half types' rounding steps of 2^-11 and 2^-8); vscalefps takes floor(y) itself.  Two
  * vector instructions fewer than fsm_expf_short_512's Cody-Waite steps.  y rounds d's
  * error into 2^-24 |y| relative: below 1e-5 wherever the result is not below the half
  * types' range.  Below y = -150, +0 by masks (the assist: see FSM_EXPF_512); NaN stays NaN. */
