@@ -796,6 +796,25 @@ void fsm_half_convert(const void *src, void *dst, ptrdiff_t n, int kind, int wid
         fsm_half_round((const float *)src, (uint16_t *)dst, n, kind);
 }
 
+/* nb rows of K at x by the float32 kernels: widened into buf (nb K floats), the h32 kernel,
+ * rounded into out ((nb, K), or (nb,) through lse (nb floats) for logsumexp).  The blocked
+ * path's step, and the one-sweep path's rows with a non-finite max or sum (nb = 1). */
+static void fsm_half_block_f32(int op, const uint16_t *x, uint16_t *out, int kind,
+                               ptrdiff_t nb, ptrdiff_t K, float *buf, float *lse)
+{
+    fsm_half_widen(x, buf, nb * K, kind);
+    if (op == FSM_HALF_LOGSUMEXP) {
+        fsm_logsumexp_h32(buf, lse, 0, nb, K);
+        fsm_half_round(lse, out, nb, kind);
+        return;
+    }
+    if (op == FSM_HALF_SOFTMAX)
+        fsm_softmax_h32(buf, buf, 0, nb, K);
+    else
+        fsm_log_softmax_h32(buf, buf, 0, nb, K);
+    fsm_half_round(buf, out, nb * K, kind);
+}
+
 /* ---- Half rows in one sweep each (AVX-512 F/BW/DQ/VL) ----
  *
  * The blocked path above widens a block into float32, runs the float32 kernel's three
@@ -817,7 +836,7 @@ void fsm_half_convert(const void *src, void *dst, ptrdiff_t n, int kind, int wid
  * - finish: e / s, or (x - m) - log s, rounded to the half type; or m + log s per row;
  *   the cross-entropy (fsm_ce_half_fused) its loss, and its gradient from the buffered
  *   exponentials of float32's own exp.
- * Rows whose m or sum is not finite take the float32 path (fsm_half_row_f32).
+ * Rows whose m or sum is not finite take the float32 path (fsm_half_block_f32).
  * Measured (C probe, float16 softmax 4096x1000, ns per element, 1 / 2 threads): float32
  * kernel 0.39 / 0.19, blocked half 0.43 / 0.21; per-row fusion 0.32 (1 thread), two sums
  * and masked tails 0.29, this exp 0.26, the next rows prefetched 0.21 / 0.10 (the
@@ -1042,24 +1061,6 @@ fsm_half_row_logs(const uint16_t *xr, ptrdiff_t K, int kind, int precise, float 
     return fsm_half_log1p(rest + (at_max - 1));
 }
 
-/* one row by the blocked path's float32 kernels (buf: K floats) */
-static void fsm_half_row_f32(int op, const uint16_t *xr, uint16_t *outr, int kind, ptrdiff_t K,
-                             float *buf)
-{
-    fsm_half_widen(xr, buf, K, kind);
-    if (op == FSM_HALF_LOGSUMEXP) {
-        float lse;
-        fsm_logsumexp_h32(buf, &lse, 0, 1, K);
-        fsm_half_round(&lse, outr, 1, kind);
-        return;
-    }
-    if (op == FSM_HALF_SOFTMAX)
-        fsm_softmax_h32(buf, buf, 0, 1, K);
-    else
-        fsm_log_softmax_h32(buf, buf, 0, 1, K);
-    fsm_half_round(buf, outr, K, kind);
-}
-
 /* rows [r0, r1) of K >= FSM_FUSED_K; e: K + 32 floats.  out: (n, K), (n,) for logsumexp */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) void
 fsm_rows_half_fused_body(int op, const uint16_t *x, uint16_t *out, int kind, ptrdiff_t r0,
@@ -1081,7 +1082,8 @@ fsm_rows_half_fused_body(int op, const uint16_t *x, uint16_t *out, int kind, ptr
             logs = fsm_half_row_logs(xr, K, kind, 0, mi, NULL, NULL, x_next, &m,
                                      op == FSM_HALF_LOGSUMEXP ? x_next : outr + K);
         if (!((op == FSM_HALF_SOFTMAX ? s : logs) < INFINITY)) { /* m or sum: inf or NaN */
-            fsm_half_row_f32(op, xr, outr, kind, K, e);
+            float lse1;
+            fsm_half_block_f32(op, xr, outr, kind, 1, K, e, &lse1);
             continue;
         }
         if (op == FSM_HALF_LOGSUMEXP) {
@@ -1247,17 +1249,8 @@ int fsm_rows_half(int op, const uint16_t *x, uint16_t *out, int kind, ptrdiff_t 
     float *lse = buf + B * K;
     for (ptrdiff_t rb = r0; rb < r1; rb += B) {
         ptrdiff_t nb = (r1 - rb < B) ? r1 - rb : B;
-        fsm_half_widen(x + rb * K, buf, nb * K, kind);
-        if (op == FSM_HALF_LOGSUMEXP) {
-            fsm_logsumexp_h32(buf, lse, 0, nb, K);
-            fsm_half_round(lse, out + rb, nb, kind);
-            continue;
-        }
-        if (op == FSM_HALF_SOFTMAX)
-            fsm_softmax_h32(buf, buf, 0, nb, K);
-        else
-            fsm_log_softmax_h32(buf, buf, 0, nb, K);
-        fsm_half_round(buf, out + rb * K, nb * K, kind);
+        fsm_half_block_f32(op, x + rb * K, op == FSM_HALF_LOGSUMEXP ? out + rb : out + rb * K,
+                           kind, nb, K, buf, lse);
     }
     free(buf);
     return 0;
