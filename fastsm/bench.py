@@ -496,6 +496,23 @@ class LoadMeter:
 
 
 # ----------------------------------------------------------------------------- runner
+def _timed_rounds(fns, names, samples, reps, budget_s, rng, linear):
+    """Up to ``reps`` rounds over ``names`` (order shuffled every round), each timed call
+    after an untimed one of its own (linear cells: in the first round only), into
+    ``samples``; stops after 5 rounds once ``budget_s`` is spent."""
+    start = time.perf_counter()
+    for r in range(reps):
+        rng.shuffle(names)
+        for name in names:
+            if not linear or r == 0:
+                fns[name]()
+            t0 = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - t0)
+        if r >= min(4, reps - 1) and time.perf_counter() - start > budget_s:
+            break
+
+
 def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rng,
              data="normal"):
     if not applies(op, shape_text):
@@ -535,27 +552,9 @@ def run_cell(op, shape_text, dtype, backends, peers, threads, reps, budget_s, rn
     # 2 threads: the idle core's wake-up), and ate the budget in 5 rounds.
     fastest = min(warm.values()) if warm else 0.0
     slow = [n for n in fns if warm and warm[n] > SLOW_FACTOR * fastest]
-    start = time.perf_counter()
-    names = [n for n in fns if n not in slow]
-    for r in range(reps):
-        rng.shuffle(names)
-        for name in names:
-            if not linear or r == 0:
-                fns[name]()
-            t0 = time.perf_counter()
-            fns[name]()
-            samples[name].append(time.perf_counter() - t0)
-        if r >= min(4, reps - 1) and time.perf_counter() - start > budget_s:
-            break
+    _timed_rounds(fns, [n for n in fns if n not in slow], samples, reps, budget_s, rng, linear)
     for name in slow:
-        start = time.perf_counter()
-        for r in range(reps):
-            fns[name]()
-            t0 = time.perf_counter()
-            fns[name]()
-            samples[name].append(time.perf_counter() - t0)
-            if r >= min(4, reps - 1) and time.perf_counter() - start > budget_s:
-                break
+        _timed_rounds(fns, [name], samples, reps, budget_s, rng, linear)
     ref = reference(op, x, axis, target)
     nbytes = traffic_bytes(op, x)
     cell = Cell(op, shape_text, as_dtype(dtype).name, threads, data=data)
