@@ -202,6 +202,19 @@ def _long_rows(K, dt, rng):
         rows.append(r)
     rows += [np.full(K, -np.inf), np.full(K, 1e4 if dt == np.float16 else 3e4),
              np.linspace(-1e4, 1e4, K), -rng.random(K) * 1e-3]
+    # the span (rowops.c): all negative (m from a pass of its own), with a negative NaN,
+    # all positive (lo bounded by +0), ranges either side of a narrow row's 64, |m| > 4096,
+    # and a narrow confident row near |m| = 4096, where m log2(e)'s rounding shows
+    neg_nan = -20.0 - rng.random(K) * 3
+    neg_nan[K // 2] = -np.nan
+    rows += [-20.0 - rng.random(K) * 3, -300.0 - rng.random(K) * 100, neg_nan,
+             1.0 + rng.random(K), 100.0 + rng.random(K), np.linspace(-40.0, 24.0, K),
+             np.linspace(-41.0, 24.0, K), 5000.0 + rng.standard_normal(K) * 3]
+    near_4096 = 3980.0 + 2.0 * rng.integers(0, 5, K)  # confident, m log2(e) rounded in float
+    near_4096[K // 4] = 4010.0
+    confident_negative = np.full(K, -50.0)
+    confident_negative[K // 5] = -10.0
+    rows += [near_4096, confident_negative]
     return np.array(rows).astype(dt)
 
 
@@ -239,3 +252,27 @@ def test_long_half_rows_every_row_kind(backend, half, K):
         assert_within_one_ulp(loss, want, dt, f"cross_entropy_with_grad {K} {options} loss")
         assert_within_one_ulp(grad, want_grad, dt, f"cross_entropy_with_grad {K} {options}")
     np.testing.assert_array_equal(x.view(np.uint16), x0.view(np.uint16))
+
+
+@pytest.mark.parametrize("half", HALF)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_half_cross_entropy_reductions(backend, half, reduction):
+    """The front's short path for the common call (2-D logits, int64 targets, mean or sum)
+    takes half logits too: the loss and gradient within 1 ulp of the float32 call's, with an
+    ignored target, and every finite row kind of _long_rows."""
+    dt = _dtype(half)
+    rng = np.random.default_rng(5)
+    x = _long_rows(200, dt, rng)
+    x = x[np.isfinite(x.astype(np.float32)).all(axis=1)]
+    x = np.concatenate([x, rng.standard_normal((300, 200)).astype(dt)])
+    target = rng.integers(0, 200, x.shape[0])
+    target[7] = -100
+    x32 = x.astype(np.float32)
+    loss = fastsm.cross_entropy(x, target, reduction=reduction, backend=backend)
+    want = fastsm.cross_entropy(x32, target, reduction=reduction, backend=backend)
+    assert_within_one_ulp(loss, want, dt, f"cross_entropy {reduction}")
+    loss, grad = fastsm.cross_entropy_with_grad(x, target, reduction=reduction, backend=backend)
+    want, want_grad = fastsm.cross_entropy_with_grad(x32, target, reduction=reduction,
+                                                     backend=backend)
+    assert_within_one_ulp(loss, want, dt, f"cross_entropy_with_grad {reduction}")
+    assert_within_one_ulp(grad, want_grad, dt, f"cross_entropy_with_grad {reduction} grad")

@@ -208,6 +208,31 @@ def test_compiled_entry_points_reject_arrays_they_would_misread(mod):
                          0.0, a["lse"], None, 1)
 
 
+@pytest.mark.parametrize("mod", _modules_with("HALF_KINDS"))
+def test_half_cross_entropy_entry_checks_its_arguments(mod):
+    """ce_index_half called directly (the front has checked all this): a target out of range,
+    a wrong dtype or shape, or a bad kind gives an error before any row runs; a good call
+    returns the sum of its loss rows."""
+    import math
+    x = np.random.default_rng(0).standard_normal((6, 40)).astype(np.float16).view(np.uint16)
+    w, loss = np.ones(40), np.empty(6)
+    t = np.array([0, 1, 2, 3, 4, 40], np.int64)
+    with pytest.raises(ValueError, match="target value 40 at index 5"):
+        mod.ce_index_half(x, 0, t, w, -100, 0.0, 1.0, loss, None, 0.0, None, None, 1)
+    t[5] = 0
+    grad = np.empty_like(x)
+    for bad in (dict(x=x.view(np.float16)), dict(x=x[:, ::2]), dict(kind=2),
+                dict(weight=np.ones(39)), dict(loss=np.empty(5)), dict(grad=grad[:5]),
+                dict(grad=grad.view(np.float16)), dict(target=t.astype(np.int32))):
+        a = dict(x=x, kind=0, target=t, weight=w, loss=loss, grad=None)
+        a.update(bad)
+        with pytest.raises((TypeError, ValueError)):
+            mod.ce_index_half(a["x"], a["kind"], a["target"], a["weight"], -100, 0.0, 1.0,
+                              a["loss"], a["grad"], 0.0, None, None, 1)
+    total = mod.ce_index_half(x, 0, t, w, -100, 0.0, 1.0, loss, grad, 0.0, None, None, 1)
+    assert abs(total - math.fsum(loss)) <= 1e-12 * math.fsum(abs(loss))
+
+
 @pytest.mark.parametrize("mod", _modules_with("count_ignored"))
 def test_kernel_loss_sum_is_the_sum_of_the_rows(mod):
     """Where ce_index returns the sum of its loss rows (optional in the contract), that sum

@@ -52,6 +52,8 @@ rounded to nearest even:
     ce_soft_half(x, code, target, weight, smoothing, scale, loss, grad, z_coef, lse,
                  nthreads)                (target: the same 16-bit type as x; grad: it too)
 
+(ce_index_half may return the sum of ``loss``, as ce_index.)
+
 Optional (absent or None), for the front's common cross-entropy call: ``count_ignored(target, K,
 ignore_index)``: how many of the int64 (n,) targets equal ignore_index once every other is
 in [0, K), else a ValueError naming the first that is not (the front's message); the

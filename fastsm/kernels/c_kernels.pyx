@@ -408,6 +408,33 @@ def count_ignored(target, Py_ssize_t k, int64_t ignore_index):
     return ignored
 
 
+cdef int _ce_index_args(_CeArgs *a, cnp.npy_intp n, cnp.npy_intp k, int grad_type, target,
+                        weight, int64_t ignore_index, double smoothing, double scale, loss,
+                        grad, double z_coef, lse, correct) except -1:
+    """ce_index's and ce_index_half's arrays checked (the gradient's type number grad_type;
+    the targets before any row runs: a direct call with a bad one gets the front's
+    ValueError, never a read out of bounds) and gathered in ``a``."""
+    _check(target, "target", cnp.NPY_INT64, 1, n, 0, False)
+    _check(weight, "weight", cnp.NPY_DOUBLE, 1, k, 0, False)
+    _check(loss, "loss", cnp.NPY_DOUBLE, 1, n, 0, True)
+    if grad is not None:
+        _check(grad, "grad", grad_type, 2, n, k, True)
+    if lse is not None:
+        _check(lse, "lse", cnp.NPY_DOUBLE, 1, n, 0, True)
+    if correct is not None:
+        _check(correct, "correct", cnp.NPY_UINT8, 1, n, 0, True)
+    cdef const int64_t *pt = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>target)
+    cdef Py_ssize_t ignored
+    _check_targets(pt, n, k, ignore_index, &ignored)
+    _ce_args(a, pt, NULL, <const double *>cnp.PyArray_DATA(<cnp.ndarray>weight),
+             ignore_index, smoothing, scale, z_coef,
+             <double *>cnp.PyArray_DATA(<cnp.ndarray>loss),
+             NULL if grad is None else cnp.PyArray_DATA(<cnp.ndarray>grad),
+             NULL if lse is None else <double *>cnp.PyArray_DATA(<cnp.ndarray>lse),
+             NULL if correct is None else <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>correct))
+    return 0
+
+
 def ce_index(cnp.ndarray x not None, target, weight, int64_t ignore_index, double smoothing,
              double scale, loss, grad, double z_coef, lse, correct, int nthreads=1):
     """Per-row cross-entropy against class indices; see fastsm/kernels/__init__.py.  The
@@ -417,25 +444,9 @@ def ce_index(cnp.ndarray x not None, target, weight, int64_t ignore_index, doubl
     no NumPy call, ~1 us of a 64x128 call)."""
     cdef int t = _rows_type(x)
     cdef cnp.npy_intp n = cnp.PyArray_DIMS(x)[0], k = cnp.PyArray_DIMS(x)[1]
-    _check(target, "target", cnp.NPY_INT64, 1, n, 0, False)
-    _check(weight, "weight", cnp.NPY_DOUBLE, 1, k, 0, False)
-    _check(loss, "loss", cnp.NPY_DOUBLE, 1, n, 0, True)
-    if grad is not None:
-        _check(grad, "grad", t, 2, n, k, True)
-    if lse is not None:
-        _check(lse, "lse", cnp.NPY_DOUBLE, 1, n, 0, True)
-    if correct is not None:
-        _check(correct, "correct", cnp.NPY_UINT8, 1, n, 0, True)
-    cdef const int64_t *pt = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>target)
-    cdef Py_ssize_t ignored
-    _check_targets(pt, n, k, ignore_index, &ignored)
     cdef _CeArgs a
-    _ce_args(&a, pt, NULL, <const double *>cnp.PyArray_DATA(<cnp.ndarray>weight),
-             ignore_index, smoothing, scale, z_coef,
-             <double *>cnp.PyArray_DATA(<cnp.ndarray>loss),
-             NULL if grad is None else cnp.PyArray_DATA(<cnp.ndarray>grad),
-             NULL if lse is None else <double *>cnp.PyArray_DATA(<cnp.ndarray>lse),
-             NULL if correct is None else <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>correct))
+    _ce_index_args(&a, n, k, t, target, weight, ignore_index, smoothing, scale, loss, grad,
+                   z_coef, lse, correct)
     cdef void *px = cnp.PyArray_DATA(x)
     cdef double total
     with nogil:
@@ -511,30 +522,56 @@ cdef _half(int op, const uint16_t *x, uint16_t *out, int kind, Py_ssize_t n, Py_
         raise MemoryError("fastsm: no memory for a float32 block of the half-precision rows")
 
 
-def softmax_half(const uint16_t[:, ::1] x, uint16_t[:, ::1] out, int kind, int nthreads=1):
+cdef int _half_bits(cnp.ndarray x, int kind) except -1:
+    """A direct call's checks of half rows (the front has made them): ``x`` a C-contiguous
+    2-D uint16 array with classes wherever it has rows, ``kind`` 0 or 1.  NumPy's C macros:
+    memoryview arguments cost the 4096x1000 half calls 45-60 us in the front (their steps
+    run with caches the kernel has swept), against 27 us for float32's entry points."""
+    if kind != 0 and kind != 1:
+        raise ValueError(f"kind must be 0 (float16) or 1 (bfloat16), got {kind}")
+    if (cnp.PyArray_TYPE(x) != cnp.NPY_UINT16 or cnp.PyArray_NDIM(x) != 2
+            or not cnp.PyArray_IS_C_CONTIGUOUS(x)):
+        raise TypeError("x must be a C-contiguous (rows, classes) uint16 array of half bits")
+    if cnp.PyArray_DIMS(x)[0] and not cnp.PyArray_DIMS(x)[1]:
+        raise ValueError("x has rows of no classes")
+    return 0
+
+
+cdef _half_elementwise(int op, cnp.ndarray x, object out, int out_ndim, int kind,
+                       int nthreads):
+    _half_bits(x, kind)
+    cdef cnp.npy_intp n = cnp.PyArray_DIMS(x)[0], k = cnp.PyArray_DIMS(x)[1]
+    _check(out, "out", cnp.NPY_UINT16, out_ndim, n, k, True)
+    _half(op, <const uint16_t *>cnp.PyArray_DATA(x),
+          <uint16_t *>cnp.PyArray_DATA(<cnp.ndarray>out), kind, n, k, NULL, nthreads)
+
+
+def softmax_half(cnp.ndarray x not None, out, int kind, int nthreads=1):
     """softmax of float16 (kind 0) / bfloat16 (kind 1) rows given as their bits."""
-    _half(0, &x[0, 0], &out[0, 0], kind, x.shape[0], x.shape[1], NULL, nthreads)
+    _half_elementwise(0, x, out, 2, kind, nthreads)
 
 
-def log_softmax_half(const uint16_t[:, ::1] x, uint16_t[:, ::1] out, int kind,
-                     int nthreads=1):
-    _half(1, &x[0, 0], &out[0, 0], kind, x.shape[0], x.shape[1], NULL, nthreads)
+def log_softmax_half(cnp.ndarray x not None, out, int kind, int nthreads=1):
+    _half_elementwise(1, x, out, 2, kind, nthreads)
 
 
-def logsumexp_half(const uint16_t[:, ::1] x, uint16_t[::1] out, int kind, int nthreads=1):
-    _half(2, &x[0, 0], &out[0], kind, x.shape[0], x.shape[1], NULL, nthreads)
+def logsumexp_half(cnp.ndarray x not None, out, int kind, int nthreads=1):
+    _half_elementwise(2, x, out, 1, kind, nthreads)
 
 
-def ce_index_half(const uint16_t[:, ::1] x, int kind, const int64_t[::1] target,
-                  const double[::1] weight, int64_t ignore_index, double smoothing,
-                  double scale, double[::1] loss, uint16_t[:, ::1] grad, double z_coef,
-                  double[::1] lse, uint8_t[::1] correct, int nthreads=1):
-    """ce_index on float16 / bfloat16 logits (and gradient), computed in float32."""
+def ce_index_half(cnp.ndarray x not None, int kind, target, weight, int64_t ignore_index,
+                  double smoothing, double scale, loss, grad, double z_coef, lse, correct,
+                  int nthreads=1):
+    """ce_index on float16 (kind 0) / bfloat16 (kind 1) logits given as their bits (uint16),
+    computed in float32, the gradient in the same type.  Checked as ce_index (the targets
+    before any row runs; _half_bits); returns the sum of ``loss``."""
+    _half_bits(x, kind)
+    cdef cnp.npy_intp n = cnp.PyArray_DIMS(x)[0], k = cnp.PyArray_DIMS(x)[1]
     cdef _CeArgs a
-    _ce_args(&a, &target[0], NULL, &weight[0], ignore_index, smoothing, scale, z_coef,
-             &loss[0], NULL if grad is None else <void *>&grad[0, 0],
-             NULL if lse is None else &lse[0], NULL if correct is None else &correct[0])
-    _half(3, &x[0, 0], NULL, kind, x.shape[0], x.shape[1], &a, nthreads)
+    _ce_index_args(&a, n, k, cnp.NPY_UINT16, target, weight, ignore_index, smoothing, scale,
+                   loss, grad, z_coef, lse, correct)
+    _half(3, <const uint16_t *>cnp.PyArray_DATA(x), NULL, kind, n, k, &a, nthreads)
+    return fsm_pairwise_sum(a.loss, n)
 
 
 def ce_soft_half(const uint16_t[:, ::1] x, int kind, const uint16_t[:, ::1] target,

@@ -297,7 +297,8 @@ FSM_EXPF_512(fsm_expf_512, {
 
 /* sum_c exp(x_c - m) in double; the exponentials also to e unless e is NULL; and unless xn
  * is NULL, the max of the next row xn (also K long) to *mn: its loads are that row's
- * prefetch, and its exp pass need not wait on a max pass of its own (FSM_FOR_ROWS) */
+ * prefetch, and its exp pass need not wait on a max pass of its own (FSM_FOR_ROWS).  The
+ * row after xn is prefetched to L2 (a hint: past the array's end it reads nothing) */
 #define FSM_EXP_SUM_512(NAME, EXPV)                                                        \
     static __attribute__((target("avx512f"), noinline)) double NAME(                       \
         const float *x, float *e, ptrdiff_t K, float m, const float *xn, float *mn)        \
@@ -309,8 +310,10 @@ FSM_EXPF_512(fsm_expf_512, {
             ptrdiff_t c1 = (K - c0 < FSM_CHUNK) ? K : c0 + FSM_CHUNK, c = c0;              \
             __m512 part = _mm512_setzero_ps();                                             \
             for (; c + 16 <= c1; c += 16) {                                                \
-                if (xn)                                                                    \
+                if (xn) {                                                                  \
                     mo = _mm512_max_ps(mo, _mm512_loadu_ps(xn + c));                       \
+                    _mm_prefetch((const char *)(xn + K + c), _MM_HINT_T1);                 \
+                }                                                                          \
                 __m512 v = EXPV(_mm512_sub_ps(_mm512_loadu_ps(x + c), mv));                \
                 if (e)                                                                     \
                     _mm512_storeu_ps(e + c, v);                                            \
@@ -412,8 +415,10 @@ static __attribute__((target("avx512f"), noinline)) double fsm_exp_sum_512_f64(
         ptrdiff_t c1 = (K - c0 < FSM_CHUNK) ? K : c0 + FSM_CHUNK, c = c0;
         __m512d part = _mm512_setzero_pd();
         for (; c + 8 <= c1; c += 8) {
-            if (xn)
+            if (xn) {
                 mo = _mm512_max_pd(mo, _mm512_loadu_pd(xn + c));
+                _mm_prefetch((const char *)(xn + K + c), _MM_HINT_T1);
+            }
             __m512d v = fsm_exp_512(_mm512_sub_pd(_mm512_loadu_pd(x + c), mv));
             if (e)
                 _mm512_storeu_pd(e + c, v);
@@ -821,28 +826,37 @@ static void fsm_half_block_f32(int op, const uint16_t *x, uint16_t *out, int kin
  * passes over it and rounds it back: five sweeps over L1/L2 data, and the rows' memory
  * waits fall in the max pass, where nothing else runs.  Here each row (K >= FSM_FUSED_K)
  * is read as 16-bit values by every pass:
- * - max: on the 16-bit patterns, 32 a vector: v ^ ((v >> 15) & 0x7fff) orders float16 and
- *   bfloat16 bits as signed integers (a NaN of either sign lands beyond +-inf; then m or
- *   the sum is NaN and the row takes the float32 path, which gives the row its NaN).  The
- *   next row's max is taken during this row's exp pass: its loads are the prefetch, and
- *   its exponentials need not wait on a max pass of their own;
+ * - span: the max m and a lower bound lo, on the 16-bit patterns as integers, 32 a vector
+ *   (fsm_half_span_step; a NaN of either sign makes m or lo NaN, and the row's NaN sum
+ *   sends it to the float32 path, which gives the row its NaNs).  The next row's span is
+ *   taken during this row's exp pass: its loads are the prefetch, and its exponentials
+ *   need not wait on a pass of their own; the row after it is prefetched to L2;
  * - exp and sum: widened in registers (float16: vcvtph2ps; bfloat16: its even and odd
  *   elements, as the high halves of the 32-bit words, with no shuffle: the exponentials
- *   are kept in that order and put back in it), fsm_exp2_half_512, two vector sums per
- *   FSM_CHUNK, then double.  Where the sum is below 2 the log ops sum once more without
- *   the maxima and take log1p of the rest (fsm_half_row_logs): log_softmax of a confident
- *   row's top class, -t for a tiny t, keeps its digits (in float32 lanes 1 + t would lose
- *   t below 2^-24, and the fit's e^0 is 1 + 2.6e-6);
- * - finish: e / s, or (x - m) - log s, rounded to the half type; or m + log s per row;
- *   the cross-entropy (fsm_ce_half_fused) its loss, and its gradient from the buffered
- *   exponentials of float32's own exp.
+ *   are kept in that order and put back in it), 2^y by vreduceps and a degree-3 fit, two
+ *   vector sums per FSM_CHUNK, then double.  A narrow row (m - lo <= 64, |m| <= 4096:
+ *   fsm_half_row_narrow) takes y = x log2(e) - m_l in one FMA and no underflow masks;
+ *   others y = (x - m) log2(e) and masks.  Where the sum is below 2 the log ops sum once
+ *   more without the maxima and take log1p of the rest (fsm_half_row_logs): log_softmax
+ *   of a confident row's top class, -t for a tiny t, keeps its digits (in float32 lanes
+ *   1 + t would lose t below 2^-24, and the fit's 2^0 is 1 - 7.5e-5);
+ * - finish: e / s, or y ln2 - log s from the exponents y kept in the row buffer, rounded
+ *   to the half type (narrow bfloat16 rows by vcvtne2ps2bf16 where the CPU has it); or
+ *   m + log s per row; the cross-entropy (fsm_ce_half_fused) its loss, and its gradient
+ *   from the buffered exponentials of float32's own exp.
  * Rows whose m or sum is not finite take the float32 path (fsm_half_block_f32).
  * Measured (C probe, float16 softmax 4096x1000, ns per element, 1 / 2 threads): float32
  * kernel 0.39 / 0.19, blocked half 0.43 / 0.21; per-row fusion 0.32 (1 thread), two sums
  * and masked tails 0.29, this exp 0.26, the next rows prefetched 0.21 / 0.10 (the
  * next-row max in place of the prefetch: 0.119 -> 0.112 ns at 2 threads in the
- * extension).  Tried: a degree-3 fit (error 7.5e-5): 1.00x at the front, not kept;
- * prefetching two rows ahead: no change. */
+ * extension).  Then (extension, kernel calls interleaved with float32's; float32 had
+ * reached 0.275 / 0.143; float16 / bfloat16 at 2 threads): 0.113 / 0.120 at the start;
+ * narrow rows (fold, no masks), vcvtph2ps and vcvtps2ph on memory 0.105 / 0.117; the
+ * degree-3 fit 0.103 / 0.111 (0.175 -> 0.168 at 512 rows: at 4096 the wait on L3 hid it);
+ * the row after next prefetched 0.088 / 0.101 (the same distance for float32 rows:
+ * 0.91-1.0x their time, ab_kernels); vcvtne2ps2bf16 - / 0.089; two integer maxima for
+ * the span in place of four-instruction keys 0.081 / 0.084, cross_entropy 0.0637 ->
+ * 0.0607.  Tried: prefetching three or four rows ahead: no change. */
 #if FSM_X86_PROBE
 #define FSM_HALF_FUSED 1
 /* rows this long or longer (softmax: FSM_FUSED_SOFTMAX_K); measured against the blocked
@@ -863,23 +877,66 @@ static int fsm_half_fused_ok(void)
     return ok;
 }
 
-/* e^d for 16-bit results: y = d log2(e), 2^y = 2^floor(y) 2^r with r = y - floor(y) in
- * [0, 1) by one vreduceps, and 2^r by a degree-4 fit (relative error 2.6e-6, against the
- * half types' rounding steps of 2^-11 and 2^-8); vscalefps takes floor(y) itself.  Two
- * vector instructions fewer than fsm_expf_short_512's Cody-Waite steps.  y rounds d's
- * error into 2^-24 |y| relative: below 1e-5 wherever the result is not below the half
- * types' range.  Below y = -150, +0 by masks (the assist: see FSM_EXPF_512); NaN stays NaN. */
-static FSM_AVX512_HALF inline __attribute__((always_inline)) __m512 fsm_exp2_half_512(__m512 d)
+/* AVX512_BF16's vcvtne2ps2bf16, for narrow bfloat16 rows' stores (fsm_half_store32) */
+static int fsm_bf16_isa_ok(void)
 {
-    __m512 y = _mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f));
-    const __mmask16 keep = _mm512_cmp_ps_mask(y, _mm512_set1_ps(-150.0f), _CMP_NLT_UQ);
+    static volatile int ok = -1;
+    if (ok < 0) {
+        __builtin_cpu_init();
+        ok = fsm_half_fused_ok() && __builtin_cpu_supports("avx512bf16");
+    }
+    return ok;
+}
+
+/* e^d for 16-bit results: y = d log2(e), 2^y = 2^floor(y) 2^r with r = y - floor(y) in
+ * [0, 1) by one vreduceps, and 2^r by a degree-3 fit (relative error 7.5e-5, a tenth of
+ * the half types' rounding steps of 2^-11 and 2^-8 or less: each result stays within 1 ulp;
+ * the degree-4 fit, 2.6e-6, took one FMA more: 0.175 -> 0.168 ns an element, float16
+ * softmax 512x1000, 1 thread); vscalefps takes floor(y) itself.  Two vector instructions
+ * fewer than fsm_expf_short_512's Cody-Waite steps.  y rounds d's error into 2^-24 |y|
+ * relative: below 1e-5 wherever the result is not below the half types' range.  Below
+ * y = -150, +0 by masks (the assist: see FSM_EXPF_512); NaN stays NaN. */
+#define FSM_LOG2E_F 1.44269504088896341f
+
+static FSM_AVX512_HALF inline __attribute__((always_inline)) __m512 fsm_exp2_half_fit(__m512 y)
+{
     __m512 r = _mm512_reduce_ps(y, 0x09); /* y - floor(y), inexact not signalled */
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.013534166850149632f), r,
-                               _mm512_set1_ps(0.052011460065841675f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.2414427548646927f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.6930038332939148f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0000026226043701f));
-    return _mm512_maskz_scalef_ps(keep, p, y);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.07802419364452362f), r,
+                               _mm512_set1_ps(0.2260672152042389f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.6958337426185608f));
+    return _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.9999251961708069f));
+}
+
+/* 2^y for y = (x - m) log2(e); below y = -150, +0 by masks */
+static FSM_AVX512_HALF inline __attribute__((always_inline)) __m512
+fsm_exp2_half_masked_512(__m512 y)
+{
+    const __mmask16 keep = _mm512_cmp_ps_mask(y, _mm512_set1_ps(-150.0f), _CMP_NLT_UQ);
+    return _mm512_maskz_scalef_ps(keep, fsm_exp2_half_fit(y), y);
+}
+
+/* The narrow rows' form (fsm_half_row_narrow): y = x log2(e) - m_l, one FMA from the
+ * widened x, where m_l is m log2(e) rounded to float.  Every exponential of the row then
+ * carries the same factor 2^c, c = m log2(e) - m_l (fsm_half_fold_offset): e / s cancels
+ * it, the logs take c ln2 off.  y >= -93 in such a row: 2^y with no underflow, no mask */
+static FSM_AVX512_HALF inline __attribute__((always_inline)) __m512
+fsm_exp2_half_narrow_512(__m512 y)
+{
+    return _mm512_scalef_ps(fsm_exp2_half_fit(y), y);
+}
+
+/* c of fsm_exp2_half_narrow_512, exact in double (a product of two floats is); |c| <= 2^-25
+ * 4096 log2(e) < 1.8e-4 in a narrow row */
+FSM_INLINE double fsm_half_fold_offset(float m)
+{
+    return (double)m * (double)FSM_LOG2E_F - (double)(m * FSM_LOG2E_F);
+}
+
+/* 2^-c for such a c, to 4e-12 */
+FSM_INLINE double fsm_half_unfold(double c)
+{
+    double t = c * 0.69314718055994531;
+    return 1.0 - t + 0.5 * t * t;
 }
 
 /* 32 half values (lanes outside k32 read as +0) as two float vectors: float16 in order,
@@ -890,6 +947,12 @@ fsm_half_load32(const uint16_t *p, int kind, ptrdiff_t t, __m512 *a, __m512 *b, 
                 __mmask16 *kb)
 {
     __m512i v;
+    if (t >= 32 && kind != FSM_BF16) { /* vcvtph2ps from memory: no vextracti64x4 */
+        *a = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+        *b = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 16)));
+        *ka = *kb = 0xffff;
+        return;
+    }
     if (t >= 32) {
         v = _mm512_loadu_si512(p);
         *ka = *kb = 0xffff;
@@ -921,11 +984,35 @@ static FSM_AVX512_HALF inline __attribute__((always_inline)) __m512i fsm_bf16_ro
     return _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
 }
 
-/* fsm_half_load32's inverse: a, b rounded to the half type, the first t of 32 stored */
+/* fsm_half_load32's inverse: a, b rounded to the half type, the first t of 32 stored.
+ * bf16_isa (a constant; only where fsm_bf16_isa_ok() and every value is normal or zero,
+ * as in a narrow row): bfloat16 by vcvtne2ps2bf16 (it takes subnormals as zero) and one
+ * vpermw back to the elements' order, 3 vector instructions for 32 values where the
+ * integer rounding takes 11.  Inline asm: its target attribute could not be inlined into
+ * the AVX-512 bodies that also serve CPUs without it. */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) void
-fsm_half_store32(uint16_t *p, int kind, ptrdiff_t t, __m512 a, __m512 b)
+fsm_half_store32(uint16_t *p, int kind, ptrdiff_t t, __m512 a, __m512 b, int bf16_isa)
 {
     __m512i v;
+    if (kind == FSM_BF16 && bf16_isa) {
+        /* words 0-15 a's (the even elements), 16-31 b's; then element j from word
+         * (j & 1) * 16 + j / 2 */
+        const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10,
+                                               25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19,
+                                               3, 18, 2, 17, 1, 16, 0);
+        __asm__("vcvtne2ps2bf16 %2, %1, %0" : "=v"(v) : "v"(b), "v"(a));
+        v = _mm512_permutexvar_epi16(order, v);
+        if (t >= 32)
+            _mm512_storeu_si512(p, v);
+        else
+            _mm512_mask_storeu_epi16(p, (__mmask32)((1u << t) - 1u), v);
+        return;
+    }
+    if (t >= 32 && kind != FSM_BF16) { /* vcvtps2ph to memory: no vinserti64x4 */
+        _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT));
+        _mm256_storeu_si256((__m256i *)(p + 16), _mm512_cvtps_ph(b, _MM_FROUND_TO_NEAREST_INT));
+        return;
+    }
     if (kind == FSM_BF16)
         v = _mm512_or_si512(_mm512_srli_epi32(fsm_bf16_round_hi(a), 16),
                             _mm512_and_si512(fsm_bf16_round_hi(b),
@@ -940,47 +1027,100 @@ fsm_half_store32(uint16_t *p, int kind, ptrdiff_t t, __m512 a, __m512 b)
         _mm512_mask_storeu_epi16(p, (__mmask32)((1u << t) - 1u), v);
 }
 
-/* The row max (see the design block) in steps: the running maximum of the ordered keys
- * takes 32 values at a time (lanes outside k kept), and gives the float at the end */
-static FSM_AVX512_HALF inline __attribute__((always_inline)) __m512i
-fsm_half_max_step(__m512i mo, const uint16_t *p, __mmask32 k)
+/* A row's max m and a lower bound lo (see the design block) in steps, 32 values at a time
+ * (lanes outside k kept), from the bits as integers: a signed and an unsigned max.
+ * Nonnegative values order as their bits; negative ones follow them as unsigned integers,
+ * in reverse.  So a row with a nonnegative value has m at the signed max, and a row with a
+ * negative one has its least at the unsigned max (one without has lo = +0, a bound).  An
+ * all-negative row's m, the unsigned min, takes a pass of its own over the row (in L1 by
+ * then).  Two integer instructions for 32 values where ordered keys took four.  A NaN's
+ * bits lie beyond +-inf's: m or lo is NaN then. */
+typedef struct {
+    float m, lo;
+} fsm_half_span;
+
+typedef struct {
+    __m512i smax, umax;
+} fsm_half_keys;
+
+#define FSM_KEYS_FROM()                                                                    \
+    fsm_half_keys keys = {_mm512_set1_epi16((short)0x8000), _mm512_setzero_si512()}
+
+static FSM_AVX512_HALF inline __attribute__((always_inline)) void
+fsm_half_span_step(fsm_half_keys *ks, const uint16_t *p, __mmask32 k)
 {
     __m512i v = _mm512_maskz_loadu_epi16(k, p);
-    /* v ^ (sign(v) & 0x7fff): 0x78 is a ^ (b & c) */
-    v = _mm512_ternarylogic_epi32(v, _mm512_srai_epi16(v, 15), _mm512_set1_epi16(0x7fff), 0x78);
-    return _mm512_mask_max_epi16(mo, k, mo, v);
+    ks->smax = _mm512_mask_max_epi16(ks->smax, k, ks->smax, v);
+    ks->umax = _mm512_mask_max_epu16(ks->umax, k, ks->umax, v);
 }
 
 static FSM_AVX512_HALF inline __attribute__((always_inline)) float
-fsm_half_max_float(__m512i mo, int kind)
+fsm_half_bits_float(uint32_t bits, int kind)
 {
-    __m512i w = _mm512_max_epi32(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(mo)),
-                                 _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(mo, 1)));
-    int32_t o = _mm512_reduce_max_epi32(w);
-    uint16_t bits = (uint16_t)(o < 0 ? o ^ 0x7fff : o);
-    return kind == FSM_BF16 ? fsm_bf16_to_f32(bits) : fsm_f16_to_f32(bits);
+    return kind == FSM_BF16 ? fsm_bf16_to_f32((uint16_t)bits) : fsm_f16_to_f32((uint16_t)bits);
 }
 
 #define FSM_MASK32(t) ((t) >= 32 ? 0xffffffffu : (__mmask32)((1u << (t)) - 1u))
 
-static FSM_AVX512_HALF inline __attribute__((always_inline)) float
-fsm_half_row_max(const uint16_t *xr, ptrdiff_t K, int kind)
+/* the span of the row xr (K long) whose keys ks are */
+static FSM_AVX512_HALF inline __attribute__((always_inline)) fsm_half_span
+fsm_half_span_floats(fsm_half_keys ks, int kind, const uint16_t *xr, ptrdiff_t K)
 {
-    __m512i mo = _mm512_set1_epi16((short)0x8000);
-    for (ptrdiff_t c = 0; c < K; c += 32)
-        mo = fsm_half_max_step(mo, xr + c, FSM_MASK32(K - c));
-    return fsm_half_max_float(mo, kind);
+#define FSM_HALVES(V, WIDEN) WIDEN(_mm512_castsi512_si256(V)), WIDEN(_mm512_extracti64x4_epi64(V, 1))
+    int32_t smax = _mm512_reduce_max_epi32(_mm512_max_epi32(FSM_HALVES(ks.smax, _mm512_cvtepi16_epi32)));
+    uint32_t umax = _mm512_reduce_max_epu32(_mm512_max_epu32(FSM_HALVES(ks.umax, _mm512_cvtepu16_epi32)));
+    uint32_t top = (uint32_t)smax;
+    if (smax < 0) { /* every value negative */
+        __m512i umin = _mm512_set1_epi16((short)0xffff);
+        for (ptrdiff_t c = 0; c < K; c += 32) {
+            const __mmask32 k = FSM_MASK32(K - c);
+            umin = _mm512_mask_min_epu16(umin, k, umin, _mm512_maskz_loadu_epi16(k, xr + c));
+        }
+        top = _mm512_reduce_min_epu32(_mm512_min_epu32(FSM_HALVES(umin, _mm512_cvtepu16_epi32)));
+    }
+#undef FSM_HALVES
+    fsm_half_span r = {fsm_half_bits_float(top, kind),
+                       umax >= 0x8000u ? fsm_half_bits_float(umax, kind) : 0.0f};
+    return r;
 }
+
+static FSM_AVX512_HALF inline __attribute__((always_inline)) fsm_half_span
+fsm_half_row_span(const uint16_t *xr, ptrdiff_t K, int kind)
+{
+    FSM_KEYS_FROM();
+    for (ptrdiff_t c = 0; c < K; c += 32)
+        fsm_half_span_step(&keys, xr + c, FSM_MASK32(K - c));
+    return fsm_half_span_floats(keys, kind, xr, K);
+}
+
+/* A narrow row: finite, m - lo <= 64 and |m| <= 4096.  Its exponentials are >= e^-64 (no
+ * underflow anywhere, nor in e / s) and fsm_exp2_half_narrow_512's c is small */
+FSM_INLINE int fsm_half_row_narrow(fsm_half_span r)
+{
+    return r.m - r.lo <= 64.0f && fabsf(r.m) <= 4096.0f; /* false for inf and NaN */
+}
+
+/* the exp pass's forms: the short exp (masked, or narrow rows'), or float32's own */
+enum { FSM_EXP_MASKED, FSM_EXP_NARROW, FSM_EXP_PRECISE };
+
+/* What a row's exp pass reads ahead: the next row (its span is taken on the way), the row
+ * after it (prefetched to L2) and the next output row (prefetched for writing).  The last
+ * rows of a share name rows of their own share again. */
+typedef struct {
+    const uint16_t *x, *x_after;
+    const void *out;
+} fsm_half_ahead;
 
 /* One step of fsm_half_row_exp_sum: 32 elements at c (t of them in the row: 32 in the
  * main loop, where the masks fold away) */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) void
-fsm_half_exp_step(const uint16_t *xr, ptrdiff_t c, ptrdiff_t t, int kind, int precise,
-                  __m512 mv, float *e, const uint16_t *x_next, __m512i *mo,
-                  const uint16_t *out_next, __m512 *p0, __m512 *p1, int *count)
+fsm_half_exp_step(const uint16_t *xr, ptrdiff_t c, ptrdiff_t t, int kind, int form, __m512 mv,
+                  __m512 m_l, float *e, float *ys, fsm_half_ahead ah, fsm_half_keys *keys,
+                  __m512 *p0, __m512 *p1, int *count)
 {
-    *mo = fsm_half_max_step(*mo, x_next + c, FSM_MASK32(t));
-    _mm_prefetch((const char *)(out_next + c), _MM_HINT_ET0);
+    fsm_half_span_step(keys, ah.x + c, FSM_MASK32(t));
+    _mm_prefetch((const char *)ah.out + 2 * c, _MM_HINT_ET0);
+    _mm_prefetch((const char *)(ah.x_after + c), _MM_HINT_T1);
     __m512 a, b;
     __mmask16 ka, kb;
     fsm_half_load32(xr + c, kind, t, &a, &b, &ka, &kb);
@@ -991,8 +1131,22 @@ fsm_half_exp_step(const uint16_t *xr, ptrdiff_t c, ptrdiff_t t, int kind, int pr
         ka &= (__mmask16)~ea;
         kb &= (__mmask16)~eb;
     }
-    a = precise ? fsm_expf_512(_mm512_sub_ps(a, mv)) : fsm_exp2_half_512(_mm512_sub_ps(a, mv));
-    b = precise ? fsm_expf_512(_mm512_sub_ps(b, mv)) : fsm_exp2_half_512(_mm512_sub_ps(b, mv));
+    if (form == FSM_EXP_PRECISE) {
+        a = fsm_expf_512(_mm512_sub_ps(a, mv));
+        b = fsm_expf_512(_mm512_sub_ps(b, mv));
+    } else {
+        const __m512 l2e = _mm512_set1_ps(FSM_LOG2E_F);
+        __m512 ya = form == FSM_EXP_NARROW ? _mm512_fmsub_ps(a, l2e, m_l)
+                                           : _mm512_mul_ps(_mm512_sub_ps(a, mv), l2e);
+        __m512 yb = form == FSM_EXP_NARROW ? _mm512_fmsub_ps(b, l2e, m_l)
+                                           : _mm512_mul_ps(_mm512_sub_ps(b, mv), l2e);
+        if (ys) {
+            _mm512_storeu_ps(ys + c, ya);
+            _mm512_storeu_ps(ys + c + 16, yb);
+        }
+        a = form == FSM_EXP_NARROW ? fsm_exp2_half_narrow_512(ya) : fsm_exp2_half_masked_512(ya);
+        b = form == FSM_EXP_NARROW ? fsm_exp2_half_narrow_512(yb) : fsm_exp2_half_masked_512(yb);
+    }
     if (e) {
         _mm512_storeu_ps(e + c, a);
         _mm512_storeu_ps(e + c + 16, b);
@@ -1001,36 +1155,36 @@ fsm_half_exp_step(const uint16_t *xr, ptrdiff_t c, ptrdiff_t t, int kind, int pr
     *p1 = _mm512_mask_add_ps(*p1, kb, *p1, b);
 }
 
-/* sum_c e^(x_c - m) in double, the exponentials to e (fsm_half_load32's order) unless NULL;
- * the max of the row x_next (K long) to *m_next on the way, and the row at out_next
- * prefetched for writing: the next row's max no longer waits on memory alone, nor its
- * exponentials on that max (the last row passes itself as x_next, and logsumexp and the
- * cross-entropy x_next as out_next).  With at_max (a constant at each call), the elements
- * equal to m are counted there and left out of the sum (fsm_half_row_logs).  precise (a
- * constant): float32's own exp (fsm_expf_512), for the cross-entropy's gradient. */
+/* sum_c e^(x_c - m) in double (times 2^c in the narrow form: fsm_exp2_half_narrow_512),
+ * the exponentials to e (fsm_half_load32's order) unless NULL; the span of the row ah.x
+ * (K long) to *next on the way, and ah's other rows prefetched: the next row's max no
+ * longer waits on memory alone, nor its exponentials on that max.
+ * With at_max (a constant at each call), the elements equal to m are counted there and
+ * left out of the sum (fsm_half_row_logs).  form (a constant): FSM_EXP_*; precise is
+ * float32's own exp (fsm_expf_512), for the cross-entropy's gradient. */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) double
-fsm_half_row_exp_sum(const uint16_t *xr, ptrdiff_t K, int kind, int precise, float m, float *e,
-                     const uint16_t *x_next, float *m_next, const uint16_t *out_next,
-                     int *at_max)
+fsm_half_row_exp_sum(const uint16_t *xr, ptrdiff_t K, int kind, int form, float m, float *e,
+                     float *ys,
+                     fsm_half_ahead ah, fsm_half_span *next, int *at_max)
 {
-    const __m512 mv = _mm512_set1_ps(m);
+    const __m512 mv = _mm512_set1_ps(m), m_l = _mm512_set1_ps(m * FSM_LOG2E_F);
     double s = 0.0;
     int count = 0;
-    __m512i mo = _mm512_set1_epi16((short)0x8000);
+    FSM_KEYS_FROM();
     for (ptrdiff_t c0 = 0; c0 < K; c0 += FSM_CHUNK) {
         ptrdiff_t c1 = (K - c0 < FSM_CHUNK) ? K : c0 + FSM_CHUNK, c = c0;
         __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
         for (; c + 32 <= c1; c += 32)
-            fsm_half_exp_step(xr, c, 32, kind, precise, mv, e, x_next, &mo, out_next, &p0,
-                              &p1, at_max ? &count : NULL);
+            fsm_half_exp_step(xr, c, 32, kind, form, mv, m_l, e, ys, ah, &keys, &p0, &p1,
+                              at_max ? &count : NULL);
         if (c < c1)
-            fsm_half_exp_step(xr, c, c1 - c, kind, precise, mv, e, x_next, &mo, out_next,
-                              &p0, &p1, at_max ? &count : NULL);
+            fsm_half_exp_step(xr, c, c1 - c, kind, form, mv, m_l, e, ys, ah, &keys, &p0, &p1,
+                              at_max ? &count : NULL);
         s += (double)_mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
     }
     if (at_max)
         *at_max = count;
-    *m_next = fsm_half_max_float(mo, kind);
+    *next = fsm_half_span_floats(keys, kind, ah.x, K);
     return s;
 }
 
@@ -1042,45 +1196,98 @@ FSM_INLINE double fsm_half_log1p(double v)
     return v < 0x1p-30 ? v : fsm_log_for_float(1.0 + v);
 }
 
-/* log sum_c e^(x_c - m) for the log ops, the next row's max to *m_next as
- * fsm_half_row_exp_sum: a sum of 2 or more as it is (the max's own term, off by the fit's
- * 2.6e-6, is under 1.3e-6 of it); below 2, once more without the maxima, to log1p the
- * rest (the count and compare in every pass cost cross_entropy float16 4096x1000 ~7%) */
+/* log sum_c e^(x_c - m) for the log ops, the next row's span to *next as
+ * fsm_half_row_exp_sum: a sum of 2 or more as it is (its log off by the fit's 7.5e-5 at
+ * most, a sixth of a float16 ulp at log 2); below 2, once more without the maxima, to log1p the
+ * rest (the count and compare in every pass cost cross_entropy float16 4096x1000 ~7%).
+ * The narrow form's factor 2^c comes off here.  *sum: the sum (precise form only) */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) double
-fsm_half_row_logs(const uint16_t *xr, ptrdiff_t K, int kind, int precise, float m, float *e,
-                  double *sum, const uint16_t *x_next, float *m_next, const uint16_t *out_next)
+fsm_half_row_logs(const uint16_t *xr, ptrdiff_t K, int kind, int form, float m, float *e,
+                  float *ys,
+                  double *sum, fsm_half_ahead ah, fsm_half_span *next)
 {
-    double s = fsm_half_row_exp_sum(xr, K, kind, precise, m, e, x_next, m_next, out_next, NULL);
+    double s = fsm_half_row_exp_sum(xr, K, kind, form, m, e, ys, ah, next, NULL);
+    const double c = form == FSM_EXP_NARROW ? fsm_half_fold_offset(m) : 0.0;
     if (sum)
         *sum = s;
     if (s >= 2.0)
-        return fsm_log_for_float(s);
+        return fsm_log_for_float(s) - c * 0.69314718055994531;
     int at_max = 0;
-    float unused;
-    double rest = fsm_half_row_exp_sum(xr, K, kind, precise, m, NULL, xr, &unused, xr, &at_max);
+    fsm_half_span unused;
+    const fsm_half_ahead self = {xr, xr, xr};
+    double rest = fsm_half_row_exp_sum(xr, K, kind, form, m, NULL, NULL, self, &unused, &at_max);
+    if (form == FSM_EXP_NARROW)
+        rest *= fsm_half_unfold(c);
     return fsm_half_log1p(rest + (at_max - 1));
 }
 
-/* rows [r0, r1) of K >= FSM_FUSED_K; e: K + 32 floats.  out: (n, K), (n,) for logsumexp */
+/* a softmax row's e / s, or a log_softmax row's (x - m) - log s, to the half type, from
+ * the exponents y in e (logs: log s + c ln2, below) or, with from_x (a constant), from
+ * the row xr itself (logs: log s) */
+static FSM_AVX512_HALF inline __attribute__((always_inline)) void
+fsm_half_finish_row(int op, int kind, uint16_t *outr, ptrdiff_t K, const float *e,
+                    const uint16_t *xr, double s, float m, double logs, int bf16_isa,
+                    int from_x)
+{
+    if (op == FSM_HALF_SOFTMAX) {
+        const __m512 inv = _mm512_set1_ps((float)(1.0 / s));
+        for (ptrdiff_t c = 0; c < K; c += 32)
+            fsm_half_store32(outr + c, kind, K - c, _mm512_mul_ps(_mm512_loadu_ps(e + c), inv),
+                             _mm512_mul_ps(_mm512_loadu_ps(e + c + 16), inv), bf16_isa);
+        return;
+    }
+    const __m512 lv = _mm512_set1_ps((float)logs);
+    if (from_x) {
+        const __m512 mv = _mm512_set1_ps(m);
+        for (ptrdiff_t c = 0; c < K; c += 32) {
+            __m512 a, b;
+            __mmask16 ka, kb;
+            fsm_half_load32(xr + c, kind, K - c, &a, &b, &ka, &kb);
+            fsm_half_store32(outr + c, kind, K - c, _mm512_sub_ps(_mm512_sub_ps(a, mv), lv),
+                             _mm512_sub_ps(_mm512_sub_ps(b, mv), lv), bf16_isa);
+        }
+        return;
+    }
+    /* e: the exponents y = (x - m) log2(e) + c (fsm_half_load32's order), c the narrow
+     * form's offset (else 0): out = y ln2 - (log s + c ln2), one FMA where the reload
+     * took a conversion and two subtractions.  y's rounding is 2^-24 of x - m, and |out|
+     * >= |x - m|; but at the maxima y = c, not 0, and out = -log s comes from c ln2 less
+     * c ln2 + log s, in float: rows with log s < 2^-10 and c != 0 reload x */
+    const __m512 ln2 = _mm512_set1_ps(0.693147180559945309f);
+    for (ptrdiff_t c = 0; c < K; c += 32)
+        fsm_half_store32(outr + c, kind, K - c, _mm512_fmsub_ps(_mm512_loadu_ps(e + c), ln2, lv),
+                         _mm512_fmsub_ps(_mm512_loadu_ps(e + c + 16), ln2, lv), bf16_isa);
+}
+
+/* rows [r0, r1) of K >= FSM_FUSED_K; e: K + 32 floats.  out: (n, K), (n,) for logsumexp.
+ * bf16_isa: fsm_bf16_isa_ok() for bfloat16, for narrow rows' stores */
 static FSM_AVX512_HALF inline __attribute__((always_inline)) void
 fsm_rows_half_fused_body(int op, const uint16_t *x, uint16_t *out, int kind, ptrdiff_t r0,
-                         ptrdiff_t r1, ptrdiff_t K, float *e)
+                         ptrdiff_t r1, ptrdiff_t K, float *e, int bf16_isa)
 {
-    int have_m = 0; /* m of row i already there (from row i - 1's exp pass) */
-    float m = 0.0f;
+    int have_span = 0; /* row i's already there (from row i - 1's exp pass) */
+    fsm_half_span span = {0.0f, 0.0f};
     for (ptrdiff_t i = r0; i < r1; i++) {
         const uint16_t *xr = x + i * K, *x_next = i + 1 < r1 ? xr + K : xr;
         uint16_t *outr = op == FSM_HALF_LOGSUMEXP ? out + i : out + i * K;
-        if (!have_m)
-            m = fsm_half_row_max(xr, K, kind);
-        const float mi = m;
+        const fsm_half_ahead ah = {x_next, i + 2 < r1 ? xr + 2 * K : x_next,
+                                   op == FSM_HALF_LOGSUMEXP ? (const void *)x_next : outr + K};
+        if (!have_span)
+            span = fsm_half_row_span(xr, K, kind);
+        const float mi = span.m;
+        const int narrow = fsm_half_row_narrow(span);
         double s = NAN, logs = NAN; /* softmax's sum; the log ops' log of it */
-        have_m = isfinite(mi) && i + 1 < r1;
-        if (isfinite(mi) && op == FSM_HALF_SOFTMAX)
-            s = fsm_half_row_exp_sum(xr, K, kind, 0, mi, e, x_next, &m, outr + K, NULL);
+        /* log_softmax keeps the row's exponents y in e for its finish */
+        float *ys = op == FSM_HALF_LOG_SOFTMAX ? e : NULL;
+        have_span = isfinite(mi) && i + 1 < r1;
+        if (narrow && op == FSM_HALF_SOFTMAX)
+            s = fsm_half_row_exp_sum(xr, K, kind, FSM_EXP_NARROW, mi, e, NULL, ah, &span, NULL);
+        else if (isfinite(mi) && op == FSM_HALF_SOFTMAX)
+            s = fsm_half_row_exp_sum(xr, K, kind, FSM_EXP_MASKED, mi, e, NULL, ah, &span, NULL);
+        else if (narrow)
+            logs = fsm_half_row_logs(xr, K, kind, FSM_EXP_NARROW, mi, NULL, ys, NULL, ah, &span);
         else if (isfinite(mi))
-            logs = fsm_half_row_logs(xr, K, kind, 0, mi, NULL, NULL, x_next, &m,
-                                     op == FSM_HALF_LOGSUMEXP ? x_next : outr + K);
+            logs = fsm_half_row_logs(xr, K, kind, FSM_EXP_MASKED, mi, NULL, ys, NULL, ah, &span);
         if (!((op == FSM_HALF_SOFTMAX ? s : logs) < INFINITY)) { /* m or sum: inf or NaN */
             float lse1;
             fsm_half_block_f32(op, xr, outr, kind, 1, K, e, &lse1);
@@ -1089,22 +1296,16 @@ fsm_rows_half_fused_body(int op, const uint16_t *x, uint16_t *out, int kind, ptr
         if (op == FSM_HALF_LOGSUMEXP) {
             float lse = (float)((double)mi + logs);
             fsm_half_round(&lse, outr, 1, kind);
-        } else if (op == FSM_HALF_SOFTMAX) {
-            const __m512 inv = _mm512_set1_ps((float)(1.0 / s));
-            for (ptrdiff_t c = 0; c < K; c += 32)
-                fsm_half_store32(outr + c, kind, K - c,
-                                 _mm512_mul_ps(_mm512_loadu_ps(e + c), inv),
-                                 _mm512_mul_ps(_mm512_loadu_ps(e + c + 16), inv));
         } else {
-            const __m512 mv = _mm512_set1_ps(mi), lv = _mm512_set1_ps((float)logs);
-            for (ptrdiff_t c = 0; c < K; c += 32) {
-                __m512 a, b;
-                __mmask16 ka, kb;
-                fsm_half_load32(xr + c, kind, K - c, &a, &b, &ka, &kb);
-                fsm_half_store32(outr + c, kind, K - c,
-                                 _mm512_sub_ps(_mm512_sub_ps(a, mv), lv),
-                                 _mm512_sub_ps(_mm512_sub_ps(b, mv), lv));
-            }
+            const double c = narrow ? fsm_half_fold_offset(mi) : 0.0;
+            const int from_x = op == FSM_HALF_LOG_SOFTMAX && c != 0.0 && logs < 0x1p-10;
+            logs += from_x ? 0.0 : c * 0.69314718055994531;
+            if (from_x)
+                fsm_half_finish_row(op, kind, outr, K, e, xr, s, mi, logs, narrow && bf16_isa, 1);
+            else if (narrow && bf16_isa)
+                fsm_half_finish_row(op, kind, outr, K, e, xr, s, mi, logs, 1, 0);
+            else
+                fsm_half_finish_row(op, kind, outr, K, e, xr, s, mi, logs, 0, 0);
         }
     }
 }
@@ -1114,9 +1315,10 @@ static FSM_AVX512_HALF void fsm_rows_half_fused(int op, const uint16_t *x, uint1
                                                 int kind, ptrdiff_t r0, ptrdiff_t r1,
                                                 ptrdiff_t K, float *e)
 {
+    const int bf16_isa = kind == FSM_BF16 && fsm_bf16_isa_ok();
 #define FSM_FUSED_CASE(OP, KIND)                                                           \
     if (op == OP && kind == KIND) {                                                        \
-        fsm_rows_half_fused_body(OP, x, out, KIND, r0, r1, K, e);                          \
+        fsm_rows_half_fused_body(OP, x, out, KIND, r0, r1, K, e, bf16_isa);                \
         return;                                                                            \
     }
     FSM_FUSED_CASE(FSM_HALF_SOFTMAX, FSM_F16)
@@ -1141,29 +1343,34 @@ fsm_ce_half_fused_body(const uint16_t *x, int kind, const int64_t *index, const 
                        float *e)
 {
     const int precise = grad != NULL;
-    int have_m = 0; /* as fsm_rows_half_fused */
-    float m = 0.0f;
+    int have_span = 0; /* as fsm_rows_half_fused */
+    fsm_half_span span = {0.0f, 0.0f};
     for (ptrdiff_t i = r0; i < r1; i++) {
         const uint16_t *xr = x + i * K, *x_next = i + 1 < r1 ? xr + K : xr;
         uint16_t *gr = grad ? grad + i * K : NULL;
+        const fsm_half_ahead ah = {x_next, i + 2 < r1 ? xr + 2 * K : x_next,
+                                   gr ? (const void *)(gr + K) : x_next};
         const int64_t y = index[i];
         const int ignored = y == ignore_index;
         if (ignored && !lse) {
             loss[i] = 0.0;
             if (gr)
                 memset(gr, 0, (size_t)K * sizeof *gr);
-            have_m = 0;
+            have_span = 0;
             continue;
         }
-        if (!have_m)
-            m = fsm_half_row_max(xr, K, kind);
-        const float mi = m;
+        if (!have_span)
+            span = fsm_half_row_span(xr, K, kind);
+        const float mi = span.m;
+        const int narrow = fsm_half_row_narrow(span);
         double logs = NAN, s = NAN;
-        have_m = isfinite(mi) && i + 1 < r1;
+        have_span = isfinite(mi) && i + 1 < r1;
         if (isfinite(mi) && precise)
-            logs = fsm_half_row_logs(xr, K, kind, 1, mi, e, &s, x_next, &m, gr + K);
+            logs = fsm_half_row_logs(xr, K, kind, FSM_EXP_PRECISE, mi, e, NULL, &s, ah, &span);
+        else if (narrow)
+            logs = fsm_half_row_logs(xr, K, kind, FSM_EXP_NARROW, mi, NULL, NULL, NULL, ah, &span);
         else if (isfinite(mi))
-            logs = fsm_half_row_logs(xr, K, kind, 0, mi, NULL, NULL, x_next, &m, x_next);
+            logs = fsm_half_row_logs(xr, K, kind, FSM_EXP_MASKED, mi, NULL, NULL, NULL, ah, &span);
         if (!(logs < INFINITY)) { /* m or the sum: inf or NaN */
             float *g = grad ? e + K + 32 : NULL;
             fsm_half_widen(xr, e, K, kind);
@@ -1193,7 +1400,7 @@ fsm_ce_half_fused_body(const uint16_t *x, int kind, const int64_t *index, const 
             const __m512 av = _mm512_set1_ps(a);
             for (ptrdiff_t c = 0; c < K; c += 32)
                 fsm_half_store32(gr + c, kind, K - c, _mm512_mul_ps(_mm512_loadu_ps(e + c), av),
-                                 _mm512_mul_ps(_mm512_loadu_ps(e + c + 16), av));
+                                 _mm512_mul_ps(_mm512_loadu_ps(e + c + 16), av), 0);
             fsm_half_round(&gy, gr + y, 1, kind);
         }
     }
