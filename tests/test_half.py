@@ -276,3 +276,16 @@ def test_half_cross_entropy_reductions(backend, half, reduction):
                                                      backend=backend)
     assert_within_one_ulp(loss, want, dt, f"cross_entropy_with_grad {reduction}")
     assert_within_one_ulp(grad, want_grad, dt, f"cross_entropy_with_grad {reduction} grad")
+
+
+def test_half_kernels_benchmark_runs(capsys):
+    """benchmarks/half_kernels.py (the kernel-only half-vs-float32 figures of the README)
+    runs on a tiny shape and prints a line per backend, thread count and op."""
+    pytest.importorskip("ml_dtypes")
+    from benchmarks import half_kernels
+
+    half_kernels.main(["--shape", "8x64", "--threads", "1", "--rounds", "1", "--calls", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    ops = [line.split()[3] for line in lines[1:]]
+    assert ops and set(ops) == {"softmax", "log_softmax", "cross_entropy"}
+    assert all("bfloat16" in line and "x f32" in line for line in lines[1:])
