@@ -795,9 +795,13 @@ def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
     if type(x) is not np.ndarray or type(target) is not np.ndarray or x.ndim != 2:
         return None
     dt = x.dtype
-    half = dt is _F16 or (dt.kind == "V" and _is_half(dt))
-    if not ((dt is _F32 or dt is _F64 or half) and target.dtype is _I64
-            and x.flags.c_contiguous):
+    if dt is _F32 or dt is _F64:
+        half = False
+    elif dt is _F16 or (dt.kind == "V" and _is_half(dt)):
+        half = True
+    else:
+        return None
+    if target.dtype is not _I64 or not x.flags.c_contiguous:
         return None
     n, k = x.shape
     if (not n or not k or target.shape != (n,) or not target.flags.c_contiguous
@@ -807,11 +811,12 @@ def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
         return None
     op = "cross_entropy_with_grad" if want_grad else "cross_entropy"
     mod = _kernels(backend, op, dt, n, k)
-    kernel = mod.ce_index
     if half:
         kernel = _half_kernels(mod, "ce_index", dt)
         if kernel is None:
             return None  # the general path computes on a float32 copy
+    else:
+        kernel = mod.ce_index
     count_ignored = getattr(mod, "count_ignored", None)
     if count_ignored is not None:  # checks in C; a bad target: the front's ValueError
         kept = n - count_ignored(target, k, ignore_index)
@@ -838,7 +843,8 @@ def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
     if total is None:  # the kernel's sum of the rows (optional in the contract), or ours
         total = float(np.add.reduce(loss_rows))
     value = total / kept if mean else total
-    if abs(value) > _LARGEST.get(dt, math.inf) and math.isfinite(value):
+    if abs(value) > (_LARGEST[dt] if not half else _LARGEST.get(dt, math.inf)) and \
+            math.isfinite(value):
         with np.errstate(over="ignore"):  # float32 overflow: inf, as the general path
             loss = dt.type(value)
     else:
