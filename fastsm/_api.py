@@ -297,13 +297,13 @@ def _elementwise(op, x, axis, out, backend):
                     else:
                         _parallel.run(mod, op, dt, n, k, getattr(mod, op), x, res)
                 return res
-        elif (dt is _F16 or dt.kind == "V") and _is_half(dt):  # before _by_columns' steps
-            done = _half_last_axis(op, x, axis, out, backend)
-            if done is not None:
-                return done
-    done = _by_columns(op, x, axis, out, backend)
-    if done is None and getattr(x, "dtype", None) is not None and _is_half(x.dtype):
+    # half dtypes: their own kernels over the last axis (_by_columns takes float32/float64
+    # only, so its steps are skipped: 0.3 us of an 8x64 float16 softmax)
+    dt = getattr(x, "dtype", None)
+    if dt is not None and (dt is _F16 or _is_half(dt)):
         done = _half_last_axis(op, x, axis, out, backend)
+    else:
+        done = _by_columns(op, x, axis, out, backend)
     if done is not None:
         return done
     x, compute, result, axes, moved, x2 = _as_rows(x, axis)
@@ -812,9 +812,10 @@ def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
     op = "cross_entropy_with_grad" if want_grad else "cross_entropy"
     mod = _kernels(backend, op, dt, n, k)
     if half:
-        kernel = _half_kernels(mod, "ce_index", dt)
-        if kernel is None:
+        found = _half_kernels(mod, "ce_index", dt)
+        if found is None:
             return None  # the general path computes on a float32 copy
+        kernel, code = found
     else:
         kernel = mod.ce_index
     count_ignored = getattr(mod, "count_ignored", None)
@@ -831,7 +832,6 @@ def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
     mean = reduction == "mean"
     w, scale = _class_weights(None, k), 1.0 / kept if mean else 1.0
     if half:  # 16-bit words in and out, and the kind's code
-        kernel, code = kernel
         args = (x.view(_U16), code, target, w, ignore_index, 0.0, scale, loss_rows,
                 None if grad is None else grad.view(_U16), 0.0, None, None)
     else:
@@ -843,8 +843,7 @@ def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
     if total is None:  # the kernel's sum of the rows (optional in the contract), or ours
         total = float(np.add.reduce(loss_rows))
     value = total / kept if mean else total
-    if abs(value) > (_LARGEST[dt] if not half else _LARGEST.get(dt, math.inf)) and \
-            math.isfinite(value):
+    if abs(value) > _LARGEST.get(dt, math.inf) and math.isfinite(value):
         with np.errstate(over="ignore"):  # float32 overflow: inf, as the general path
             loss = dt.type(value)
     else:

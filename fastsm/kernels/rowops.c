@@ -1007,18 +1007,11 @@ fsm_half_store32(uint16_t *p, int kind, ptrdiff_t t, __m512 a, __m512 b, int bf1
                                                3, 18, 2, 17, 1, 16, 0);
         __asm__("vcvtne2ps2bf16 %2, %1, %0" : "=v"(v) : "v"(b), "v"(a));
         v = _mm512_permutexvar_epi16(order, v);
-        if (t >= 32)
-            _mm512_storeu_si512(p, v);
-        else
-            _mm512_mask_storeu_epi16(p, (__mmask32)((1u << t) - 1u), v);
-        return;
-    }
-    if (t >= 32 && kind != FSM_BF16) { /* vcvtps2ph to memory: no vinserti64x4 */
+    } else if (t >= 32 && kind != FSM_BF16) { /* vcvtps2ph to memory: no vinserti64x4 */
         _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT));
         _mm256_storeu_si256((__m256i *)(p + 16), _mm512_cvtps_ph(b, _MM_FROUND_TO_NEAREST_INT));
         return;
-    }
-    if (kind == FSM_BF16)
+    } else if (kind == FSM_BF16)
         v = _mm512_or_si512(_mm512_srli_epi32(fsm_bf16_round_hi(a), 16),
                             _mm512_and_si512(fsm_bf16_round_hi(b),
                                              _mm512_set1_epi32((int)0xffff0000u)));
