@@ -818,26 +818,33 @@ def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
         kernel, code = found
     else:
         kernel = mod.ce_index
-    count_ignored = getattr(mod, "count_ignored", None)
+    plain = None
+    count_ignored = mod.count_ignored  # None where absent: the registry's rule
     if count_ignored is not None:  # checks in C; a bad target: the front's ValueError
         kept = n - count_ignored(target, k, ignore_index)
         if not kept:
             return None  # an empty mean: the general path's NaN
     elif np.maximum.reduce(target.view(_U64)) < k:  # as uint64 a negative is >= 2**63
         kept = n  # every target a class, none ignored
+        plain = None if half else mod.ce_index_plain  # the same check, not made twice
     else:
         return None  # ignored or out-of-range targets: the general path (names the first)
     loss_rows = np.empty(n, np.float64)
     grad = np.empty((n, k), dt) if want_grad else None
     mean = reduction == "mean"
-    w, scale = _class_weights(None, k), 1.0 / kept if mean else 1.0
-    if half:  # 16-bit words in and out, and the kind's code
+    scale = 1.0 / kept if mean else 1.0
+    serial = mod.MIN_PARALLEL is None or n * k < mod.MIN_PARALLEL  # _parallel.run's rule
+    w = _class_weights(None, k)
+    if plain is not None and serial:
+        args = (x, target, scale, loss_rows, grad)
+        kernel = plain
+    elif half:  # 16-bit words in and out, and the kind's code
         args = (x.view(_U16), code, target, w, ignore_index, 0.0, scale, loss_rows,
                 None if grad is None else grad.view(_U16), 0.0, None, None)
     else:
         args = (x, target, w, ignore_index, 0.0, scale, loss_rows, grad, 0.0, None, None)
-    if mod.MIN_PARALLEL is None or n * k < mod.MIN_PARALLEL:
-        total = kernel(*args, 1)  # serial anyway: _parallel.run's rule
+    if serial:
+        total = kernel(*args, 1)
     else:
         total = _parallel.run(mod, op, dt, n, k, kernel, *args)
     if total is None:  # the kernel's sum of the rows (optional in the contract), or ours

@@ -31,6 +31,10 @@ PREFERRED = ("c", "cython", "numba", "numpy")
 # The kernels every backend module must define.
 KERNELS = ("softmax", "log_softmax", "logsumexp", "ce_index", "ce_soft", "lse_parts",
            "from_lse_parts")
+# Optional entries the front reads on every small call: a module lacking one gets None at
+# load, so the front reads an attribute (getattr's miss raises and catches an
+# AttributeError: 0.65 us of a 4x16 call)
+OPTIONAL = ("count_ignored", "ce_index_plain")
 
 _loaded: dict = {}
 _failed: dict = {}
@@ -43,6 +47,9 @@ def _import(name: str, module: str):
     missing = [k for k in KERNELS if not callable(getattr(mod, k, None))]
     if missing:
         raise ImportError(f"backend module {module} lacks kernels {missing}")
+    for k in OPTIONAL:
+        if not hasattr(mod, k):
+            setattr(mod, k, None)
     return mod
 
 

@@ -83,3 +83,42 @@ def test_contention_run_has_every_phase_and_equal_answers():
     assert result["callers"]["answers_equal"]
     text = loadbench.report(result)
     assert "busy softmax: default call" in text and "8 callers of softmax 64x3000" in text
+
+
+def test_the_copy_roofline_sends_no_contender_to_rounds_of_its_own():
+    """Only a contender SLOW_FACTOR times slower than the fastest other contender is timed
+    apart; the copy, many times faster than any kernel at small shapes, is not a contender."""
+    factor = bench.SLOW_FACTOR
+    warm = {"copy": 1e-6, "numpy": 25e-6, "numpy-baseline": 20e-6}
+    assert bench._slow_contenders(warm) == []
+    warm["numpy-baseline"] = 20e-6 * factor * 2  # float16's baseline: ~700x the kernels
+    warm["numpy"] = 20e-6
+    assert bench._slow_contenders(warm) == ["numpy-baseline"]
+    assert bench._slow_contenders({}) == []
+    assert bench._slow_contenders({"copy": 1.0}) == []
+
+
+def test_short_cells_get_rounds_until_their_minimum_time():
+    """reps rounds at least; more while under min_s (each a timed call after an untimed
+    one), at most MORE_ROUNDS x reps; none past reps without min_s."""
+    import random
+
+    calls = {"a": 0, "b": 0}
+
+    def fn(name):
+        def call():
+            calls[name] += 1
+        return call
+
+    fns = {"a": fn("a"), "b": fn("b")}
+    samples = {"a": [], "b": []}
+    bench._timed_rounds(fns, ["a", "b"], samples, 3, 10.0, random.Random(0), False)
+    assert [len(samples["a"]), calls["a"]] == [3, 6]
+    samples = {"a": [], "b": []}
+    bench._timed_rounds(fns, ["a", "b"], samples, 3, 10.0, random.Random(0), False,
+                        min_s=60.0)  # never reached: the cap stops it
+    assert len(samples["a"]) == len(samples["b"]) == 3 * bench.MORE_ROUNDS
+    samples = {"a": [], "b": []}
+    bench._timed_rounds(fns, ["a", "b"], samples, 3, 10.0, random.Random(0), True,
+                        min_s=60.0)  # linear cells: reps rounds, one untimed call
+    assert len(samples["a"]) == 3

@@ -146,3 +146,46 @@ def test_callers_seterr_all_raise_is_not_ours(backend, dtype):
                 got.append(fastsm.cross_entropy_with_grad(x, target, backend=backend)[1])
         for op, a, b in zip(OPS + ("cross_entropy_with_grad",), got, want):
             np.testing.assert_array_equal(a, b, err_msg=f"{op} {name}")
+
+
+def _modules_with(attr):
+    from fastsm import _registry
+    mods = [_registry.load(name) for name in fastsm.backends()]
+    return [pytest.param(m, id=m.NAME) for m in mods if getattr(m, attr, None) is not None]
+
+
+def test_registry_gives_every_backend_the_optional_entries_the_front_reads():
+    """The front reads count_ignored and ce_index_plain as attributes on every small call:
+    a backend without one has it as None, never an AttributeError."""
+    from fastsm import _registry
+    for name in fastsm.backends():
+        mod = _registry.load(name)
+        for attr in _registry.OPTIONAL:
+            assert hasattr(mod, attr), (name, attr)
+            assert getattr(mod, attr) is None or callable(getattr(mod, attr)), (name, attr)
+
+
+@pytest.mark.parametrize("mod", _modules_with("ce_index_plain"))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plain_call_kernel_equals_ce_index(mod, dtype):
+    """ce_index_plain (the front's call once it has found every target a class) gives bit
+    for bit what ce_index gives with unit weights: on the edge rows (in range, out of
+    range, masked, NaN: its unshifted block and its hand-over), with and without the
+    gradient, and on a call larger than one block."""
+    big = np.random.default_rng(3).standard_normal((1100, 130)).astype(dtype)
+    cases = [(name, x) for name, x, axis in _cases(dtype) if axis == -1] + [("big", big)]
+    for name, x in cases:
+        n, k = x.shape
+        target = (np.arange(n) * 7) % k
+        target[1::4] = np.argmax(np.nan_to_num(x[1::4], nan=0.0), axis=1)
+        for with_grad in (False, True):
+            loss, loss_p = np.empty(n), np.empty(n)
+            grad = np.empty_like(x) if with_grad else None
+            grad_p = np.empty_like(x) if with_grad else None
+            total = mod.ce_index(x, target, np.ones(k), -100, 0.0, 1.0 / n, loss, grad, 0.0,
+                                 None, None, 1)
+            total_p = mod.ce_index_plain(x, target, 1.0 / n, loss_p, grad_p, 1)
+            np.testing.assert_array_equal(loss_p, loss, err_msg=f"{name} grad={with_grad}")
+            assert total_p == total
+            if with_grad:
+                np.testing.assert_array_equal(grad_p, grad, err_msg=name)

@@ -57,7 +57,12 @@ rounded to nearest even:
 Optional (absent or None), for the front's common cross-entropy call: ``count_ignored(target, K,
 ignore_index)``: how many of the int64 (n,) targets equal ignore_index once every other is
 in [0, K), else a ValueError naming the first that is not (the front's message); the
-front then skips its own NumPy check of the targets.
+front then skips its own NumPy check of the targets.  Where a module has no
+``count_ignored``, optional too: ``ce_index_plain(x, target, scale, loss, grad, nthreads)``,
+ce_index where the front's check found every target a class (none ignored), with unit
+weights, no smoothing, no z-loss, no lse and no accuracy asked; the front calls it only
+serially (nthreads 1: ``MIN_PARALLEL`` None, or fewer elements than it).  The registry
+sets each of these two that a module lacks to None.
 
 Cross-entropy, per row r (``target``: int64 (n,) for ce_index, already in [0, K) or equal
 to ignore_index; x.dtype (n, K) probabilities for ce_soft; ``weight``: float64 (K,);
