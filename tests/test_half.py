@@ -289,3 +289,41 @@ def test_half_kernels_benchmark_runs(capsys):
     ops = [line.split()[3] for line in lines[1:]]
     assert ops and set(ops) == {"softmax", "log_softmax", "cross_entropy"}
     assert all("bfloat16" in line and "x f32" in line for line in lines[1:])
+
+
+@pytest.mark.skipif(not NATIVE, reason="no backend with half kernels loads here")
+@pytest.mark.parametrize("half", HALF)
+def test_half_kernels_give_the_same_bits_on_any_number_of_threads(half):
+    """The half kernels split rows into chunks claimed by the threads (c_kernels.pyx,
+    _run_half): several chunks per thread here, with a row of every kind at the chunks'
+    edges, and every result bit for bit the one-thread answer."""
+    from fastsm import _registry
+
+    mod = _registry.load("c")
+    dt = _dtype(half)
+    K = 640
+    rows = _long_rows(K, dt, np.random.default_rng(5))
+    x = np.concatenate([rows, np.random.default_rng(6).standard_normal((2000, K)).astype(dt)])
+    x[409:430] = rows[: 430 - 409]  # around the first chunk's end (409 rows of 640)
+    x[-len(rows):] = rows
+    code = mod.HALF_KINDS[half]
+    bits = x.view(np.uint16)
+    n = x.shape[0]
+    target = np.arange(n) % K
+    for op in ("softmax", "log_softmax", "logsumexp"):
+        outs = []
+        for nt in (1, 2, 3):
+            out = np.empty(n if op == "logsumexp" else (n, K), np.uint16)
+            getattr(mod, op + "_half")(bits, out, code, nt)
+            outs.append(out)
+        for out in outs[1:]:
+            np.testing.assert_array_equal(out, outs[0], err_msg=op)
+    answers = []
+    for nt in (1, 2, 3):
+        loss, grad = np.empty(n), np.empty((n, K), np.uint16)
+        mod.ce_index_half(bits, code, target, np.ones(K), -100, 0.0, 1.0 / n, loss, grad, 0.0,
+                          None, None, nt)
+        answers.append((loss, grad))
+    for loss, grad in answers[1:]:
+        np.testing.assert_array_equal(loss, answers[0][0])
+        np.testing.assert_array_equal(grad, answers[0][1])
