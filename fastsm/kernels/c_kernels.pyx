@@ -10,7 +10,7 @@ Design
   (OpenMP simd pragmas, gcc target_clones for AVX-512 / AVX2 / baseline).  The cython
   backend (cython_rows.pxi) is the same algorithms written in Cython itself.
 - Threads: ``prange(..., schedule='dynamic')`` over row chunks of ~64k elements (see
-  ``_CHUNK_ELEMENTS``); problems under ``_MIN_PARALLEL`` elements run on the calling thread
+  ``_CHUNK_ELEMENTS``; 256k for the half kernels, ``_run_half``); problems under ``_MIN_PARALLEL`` elements run on the calling thread
   (an OpenMP fork/join costs more than a 64x128 softmax).  How many threads a call gets
   is the front's choice (fastsm/_parallel.py); this module never starts a team for
   ``nthreads=1``, which is what a forked child is given.
