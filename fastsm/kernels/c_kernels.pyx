@@ -502,9 +502,11 @@ cdef int _run_half(const _HalfArgs *h, Py_ssize_t n, int nthreads) noexcept nogi
     if nt == 1:
         return _half_rows(h, 0, n)
     # chunks of 4x the elements: each starts with a span pass of its own over its first
-    # row(s) and a buffer, and the fused half rows run ~1.7x float32's elements/s.  4096x1000,
-    # 2 threads, kernels against 64k-element chunks: 0.97-0.99 (float16, bfloat16; float32's
-    # row kernels with 4x chunks 0.99-1.00, so theirs stay)
+    # row(s) and a buffer, and the fused half rows run ~1.7x float32's elements/s.  2 threads,
+    # kernels against 64k-element chunks: 4096x1000 0.96-0.98, 512x32000 cross-entropy
+    # 0.78-0.82 (loss and gradient), 2048x128 0.98-0.99 (float16, bfloat16; float32's row
+    # kernels with 4x chunks 0.99-1.00 at 4096x1000, so theirs stay).  Beside a busy 2-thread
+    # torch loop, float16 4096x1000: 1.08-1.17x the 1-thread time (bar 1.3), as before
     per = _chunk_rows(n, (h.k + 3) // 4, nt)
     for c in prange((n + per - 1) // per, num_threads=nt, schedule="dynamic"):
         r0 = c * per
