@@ -834,15 +834,14 @@ def _cross_entropy_lean(x, target, ignore_index, reduction, backend, want_grad):
     mean = reduction == "mean"
     scale = 1.0 / kept if mean else 1.0
     serial = mod.MIN_PARALLEL is None or n * k < mod.MIN_PARALLEL  # _parallel.run's rule
-    w = _class_weights(None, k)
-    if plain is not None and serial:
-        args = (x, target, scale, loss_rows, grad)
-        kernel = plain
+    if plain is not None and serial:  # no weights: the plain kernel takes none
+        kernel, args = plain, (x, target, scale, loss_rows, grad)
     elif half:  # 16-bit words in and out, and the kind's code
-        args = (x.view(_U16), code, target, w, ignore_index, 0.0, scale, loss_rows,
-                None if grad is None else grad.view(_U16), 0.0, None, None)
+        args = (x.view(_U16), code, target, _class_weights(None, k), ignore_index, 0.0, scale,
+                loss_rows, None if grad is None else grad.view(_U16), 0.0, None, None)
     else:
-        args = (x, target, w, ignore_index, 0.0, scale, loss_rows, grad, 0.0, None, None)
+        args = (x, target, _class_weights(None, k), ignore_index, 0.0, scale, loss_rows, grad,
+                0.0, None, None)
     if serial:
         total = kernel(*args, 1)
     else:

@@ -890,8 +890,30 @@ def ce_index_plain(x, target, scale, loss, grad, nthreads=1):
     if (n * k <= _BLOCK_ELEMS and _argmax_rows(x)
             and _ce_plain_block(x, target, scale, loss, grad) is None):
         return None
-    # ignore_index -1 names no class; a (k,) ones array, only for calls this large
-    return ce_index(x, target, np.ones(k), -1, 0.0, scale, loss, grad, 0.0, None, None)
+    # larger calls, and blocks out of the unshifted range: the driver, as ce_index's plain
+    # case (ce_index itself would check the targets and try the small call again)
+    _cross_entropy(x, _plain_terms(target, x.dtype, scale), scale, loss, grad, 0.0, None,
+                   target)
+    return None
+
+
+def _plain_terms(target, dtype, scale):
+    """_cross_entropy's ``terms_of_block`` for q = [c == y]: unit weights, no smoothing, no
+    ignored sample (the common call: 3 NumPy calls a block where the general terms make
+    ~12; 64x128 CE+grad ~10%)."""
+
+    def terms(rows, z):
+        t = target[rows]
+        at = (np.arange(t.shape[0]), t)
+        qz = z[at].astype(np.float64)
+
+        def shift(gb, a):
+            np.multiply(gb, a, out=gb)
+            gb[at] -= dtype.type(scale)
+
+        return qz, 1.0, shift
+
+    return terms
 
 
 def ce_index(x, target, weight, ignore_index, smoothing, scale, loss, grad, z_coef, lse,
@@ -922,19 +944,6 @@ def ce_index(x, target, weight, ignore_index, smoothing, scale, loss, grad, z_co
         used = weight != 0.0  # a class of weight 0 contributes 0 even where x = -inf
         w_used = weight[used]
 
-    def plain_terms(rows, z):
-        """q = [c == y]: unit weights, no smoothing, no ignored sample (the common call:
-        3 NumPy calls a block where the general terms make ~12; 64x128 CE+grad ~10%)."""
-        t = target[rows]
-        at = (np.arange(t.shape[0]), t)
-        qz = z[at].astype(np.float64)
-
-        def shift(gb, a):
-            np.multiply(gb, a, out=gb)
-            gb[at] -= dtype.type(scale)
-
-        return qz, 1.0, shift
-
     def terms_of_block(rows, z):
         t = target[rows]
         keep = t != ignore_index
@@ -963,8 +972,8 @@ def ce_index(x, target, weight, ignore_index, smoothing, scale, loss, grad, z_co
 
         return qz, big_q, shift
 
-    _cross_entropy(x, plain_terms if plain else terms_of_block, scale, loss, grad, z_coef,
-                   lse, target if plain else None)
+    _cross_entropy(x, _plain_terms(target, dtype, scale) if plain else terms_of_block, scale,
+                   loss, grad, z_coef, lse, target if plain else None)
     if any_ignored:  # exp of a NaN row times q = 0 would leave NaN where 0 is owed
         loss[ignored] = 0.0
         if grad is not None:
